@@ -1,0 +1,1 @@
+"""VisualRWKV: a visual language model on RWKV."""
