@@ -1,0 +1,42 @@
+"""`visualrwkv <command>`: one entry point; each command lives in the module that does the work.
+
+A command module exposes `add_parser(subparsers)`, which registers its sub-parser and sets
+`func=run` with `run(args) -> int | None`. Modules are imported only when listed here, and heavy
+imports stay inside `run`, so `visualrwkv --help` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = [
+    # filled in as the commands land; each entry is a module path with add_parser()
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visualrwkv", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        # boundary errors carry a message meant for the user; no traceback for those
+        print(f"visualrwkv {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
