@@ -1,0 +1,325 @@
+"""The RWKV-6 "Finch" language model (SPEC §2), one set of weights run three ways:
+
+- parallel over a whole sequence (training, prefill) with the chunked WKV,
+- recurrently, one token per call (decoding), and
+- chunked prefill that continues from a given state.
+
+All three are the same `forward`; `wkv6` picks the kernel. Parameter names follow the official
+checkpoints (`blocks.{l}.att.time_maa_x`, …) so state dicts load without renaming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..ops.wkv6 import wkv6
+
+HEAD_SIZE_DIVISOR = 8  # ln_x eps = 1e-5 * divisor² (SPEC §2.2 step 6)
+
+
+@dataclass
+class RWKVConfig:
+    n_embd: int
+    n_layer: int
+    vocab_size: int = 65536
+    head_size: int = 64
+    dim_ffn: int = 0  # 0: the RWKV-6 default int(3.5·C)//32·32
+    mix_rank: int = 0  # 0: 32, or 64 when C >= 4096
+    decay_rank: int = 0  # 0: 64, or 128 when C >= 4096
+
+    def __post_init__(self):
+        if self.n_embd <= 0 or self.n_layer <= 0 or self.vocab_size <= 0:
+            raise ValueError(f"RWKVConfig needs positive sizes, got {self}")
+        if self.n_embd % self.head_size:
+            raise ValueError(f"n_embd {self.n_embd} is not a multiple of head_size {self.head_size}")
+        big = self.n_embd >= 4096
+        self.dim_ffn = self.dim_ffn or int(3.5 * self.n_embd) // 32 * 32
+        self.mix_rank = self.mix_rank or (64 if big else 32)
+        self.decay_rank = self.decay_rank or (128 if big else 64)
+
+    @property
+    def n_head(self) -> int:
+        return self.n_embd // self.head_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RWKVConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown RWKVConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass
+class RWKVState:
+    """The recurrent state: per layer the last LN1 output, the WKV matrix and the last LN2 output.
+
+    att_shift, ffn_shift: [L, B, C] (model dtype); wkv: [L, B, H, N, N] fp32, [head, key, value].
+    Constant size whatever the sequence length. Treated as a value: model calls return new states.
+    """
+
+    att_shift: Tensor
+    wkv: Tensor
+    ffn_shift: Tensor
+
+    @classmethod
+    def zeros(cls, config: RWKVConfig, batch_size: int, device=None, dtype=torch.float32) -> "RWKVState":
+        L, C, H, N = config.n_layer, config.n_embd, config.n_head, config.head_size
+        return cls(
+            att_shift=torch.zeros(L, batch_size, C, device=device, dtype=dtype),
+            wkv=torch.zeros(L, batch_size, H, N, N, device=device, dtype=torch.float32),
+            ffn_shift=torch.zeros(L, batch_size, C, device=device, dtype=dtype),
+        )
+
+    @classmethod
+    def from_layers(cls, layers: list[tuple[Tensor, Tensor, Tensor]]) -> "RWKVState":
+        att, wkv, ffn = zip(*layers)
+        return cls(torch.stack(att), torch.stack(wkv), torch.stack(ffn))
+
+    def layer(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.att_shift[i], self.wkv[i], self.ffn_shift[i]
+
+    @property
+    def batch_size(self) -> int:
+        return self.wkv.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.att_shift, self.wkv, self.ffn_shift))
+
+    def clone(self) -> "RWKVState":
+        return RWKVState(self.att_shift.clone(), self.wkv.clone(), self.ffn_shift.clone())
+
+    def detach(self) -> "RWKVState":
+        return RWKVState(self.att_shift.detach(), self.wkv.detach(), self.ffn_shift.detach())
+
+    def to(self, device=None, dtype=None) -> "RWKVState":
+        return RWKVState(self.att_shift.to(device, dtype), self.wkv.to(device), self.ffn_shift.to(device, dtype))
+
+    def select(self, index) -> "RWKVState":
+        """The states of some batch rows (an int, a list of ints or a LongTensor)."""
+        if isinstance(index, int):
+            index = [index]
+        index = torch.as_tensor(index, device=self.wkv.device)
+        return RWKVState(self.att_shift[:, index], self.wkv[:, index], self.ffn_shift[:, index])
+
+    @staticmethod
+    def cat(states: list["RWKVState"]) -> "RWKVState":
+        """Stack states along the batch: the rows of a batched decode."""
+        return RWKVState(
+            torch.cat([s.att_shift for s in states], dim=1),
+            torch.cat([s.wkv for s in states], dim=1),
+            torch.cat([s.ffn_shift for s in states], dim=1),
+        )
+
+
+def _shifted(x: Tensor, last: Tensor | None) -> Tensor:
+    """x_{t-1} for every t: the carried state (or zeros) first, then the sequence without its last."""
+    first = torch.zeros_like(x[:, :1]) if last is None else last.unsqueeze(1).to(x.dtype)
+    return torch.cat([first, x[:, :-1]], dim=1)
+
+
+class TimeMix(nn.Module):
+    """RWKV-6 attention replacement: ddlerp token shift, data-dependent decay, WKV, GroupNorm, SiLU gate."""
+
+    def __init__(self, cfg: RWKVConfig):
+        super().__init__()
+        C, H, N = cfg.n_embd, cfg.n_head, cfg.head_size
+        self.n_head, self.head_size = H, N
+        for name in ("x", "w", "k", "v", "r", "g"):
+            setattr(self, f"time_maa_{name}", nn.Parameter(torch.zeros(1, 1, C)))
+        self.time_maa_w1 = nn.Parameter(torch.zeros(C, 5 * cfg.mix_rank))
+        self.time_maa_w2 = nn.Parameter(torch.zeros(5, cfg.mix_rank, C))
+        self.time_decay = nn.Parameter(torch.zeros(1, 1, C))
+        self.time_decay_w1 = nn.Parameter(torch.zeros(C, cfg.decay_rank))
+        self.time_decay_w2 = nn.Parameter(torch.zeros(cfg.decay_rank, C))
+        self.time_faaaa = nn.Parameter(torch.zeros(H, N))
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.key = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(C, C, bias=False)
+        self.gate = nn.Linear(C, C, bias=False)
+        self.output = nn.Linear(C, C, bias=False)
+        self.ln_x = nn.GroupNorm(H, C, eps=1e-5 * HEAD_SIZE_DIVISOR**2)
+
+    def forward(self, x: Tensor, shift: Tensor | None, wkv_state: Tensor | None):
+        B, T, C = x.shape
+        H, N = self.n_head, self.head_size
+        dx = _shifted(x, shift) - x
+        xxx = x + dx * self.time_maa_x
+        # the five LoRA slots in the order (w, k, v, r, g)
+        m = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, -1).transpose(0, 1)
+        m = torch.bmm(m, self.time_maa_w2).view(5, B, T, C)
+        mw, mk, mv, mr, mg = m.unbind(0)
+        xw = x + dx * (self.time_maa_w + mw)
+        xk = x + dx * (self.time_maa_k + mk)
+        xv = x + dx * (self.time_maa_v + mv)
+        xr = x + dx * (self.time_maa_r + mr)
+        xg = x + dx * (self.time_maa_g + mg)
+
+        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
+        g = F.silu(self.gate(xg))
+        w_raw = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        log_w = -torch.exp(w_raw.float())
+
+        def heads(t):
+            return t.view(B, T, H, N)
+
+        y, wkv_state = wkv6(heads(r), heads(k), heads(v), heads(log_w), self.time_faaaa, wkv_state)
+        y = F.group_norm(y.reshape(B * T, C), H, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x.eps)
+        out = self.output(y.view(B, T, C).to(x.dtype) * g)
+        return out, x[:, -1], wkv_state
+
+
+class ChannelMix(nn.Module):
+    """RWKV-6 feed-forward: token shift, squared ReLU, sigmoid receptance gate."""
+
+    def __init__(self, cfg: RWKVConfig):
+        super().__init__()
+        C = cfg.n_embd
+        self.time_maa_k = nn.Parameter(torch.zeros(1, 1, C))
+        self.time_maa_r = nn.Parameter(torch.zeros(1, 1, C))
+        self.key = nn.Linear(C, cfg.dim_ffn, bias=False)
+        self.receptance = nn.Linear(C, C, bias=False)
+        self.value = nn.Linear(cfg.dim_ffn, C, bias=False)
+
+    def forward(self, x: Tensor, shift: Tensor | None):
+        dx = _shifted(x, shift) - x
+        xk = x + dx * self.time_maa_k
+        xr = x + dx * self.time_maa_r
+        k = torch.relu(self.key(xk)).square()
+        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1]
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RWKVConfig, layer_id: int):
+        super().__init__()
+        C = cfg.n_embd
+        self.layer_id = layer_id
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(C)
+        self.ln1 = nn.LayerNorm(C)
+        self.ln2 = nn.LayerNorm(C)
+        self.att = TimeMix(cfg)
+        self.ffn = ChannelMix(cfg)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None):
+        """x [B,T,C]; state = (att_shift [B,C], wkv [B,H,N,N], ffn_shift [B,C]) or None (zeros)."""
+        att_shift, wkv_state, ffn_shift = state if state is not None else (None, None, None)
+        if self.layer_id == 0:
+            x = self.ln0(x)
+        dx, att_shift, wkv_state = self.att(self.ln1(x), att_shift, wkv_state)
+        x = x + dx
+        dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
+        return x + dx, (att_shift, wkv_state, ffn_shift)
+
+
+LogitsMode = Literal["all", "last", "none"]
+
+
+class RWKV(nn.Module):
+    """`logits, state = lm(tokens, state=None)` with tokens LongTensor [B, T] (or embeddings [B, T, C])."""
+
+    def __init__(self, config: RWKVConfig):
+        super().__init__()
+        self.config = config
+        self.emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_out = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+        self.reset_parameters()
+
+    @property
+    def device(self) -> torch.device:
+        return self.emb.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.emb.weight.dtype
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        if tokens.dtype != torch.long:
+            raise TypeError(f"token ids must be a LongTensor, got {tokens.dtype}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            bad = tokens[(tokens < 0) | (tokens >= self.config.vocab_size)][0].item()
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+        return self.emb(tokens)
+
+    def forward(self, inputs: Tensor, state: RWKVState | None = None, *, logits: LogitsMode = "all"):
+        """Run the model over `inputs` from `state` (None: a fresh sequence).
+
+        inputs: LongTensor [B, T] of token ids, or a float tensor [B, T, C] of embeddings (image
+        vectors spliced into token embeddings). Returns (logits [B, T, V] | [B, V] for "last" | None,
+        the state after the last position). `state` itself is never modified.
+        """
+        x = self.embed(inputs) if not inputs.is_floating_point() else inputs.to(self.dtype)
+        if x.dim() != 3 or x.shape[-1] != self.config.n_embd:
+            raise ValueError(f"inputs must be [B, T] ids or [B, T, {self.config.n_embd}] embeddings, got {tuple(inputs.shape)}")
+        if x.shape[1] == 0:
+            raise ValueError("inputs must hold at least one position")
+        if state is not None and state.batch_size != x.shape[0]:
+            raise ValueError(f"state has batch size {state.batch_size}, inputs have {x.shape[0]}")
+        layers = []
+        for i, block in enumerate(self.blocks):
+            x, layer_state = self.run_block(block, x, state.layer(i) if state is not None else None)
+            layers.append(layer_state)
+        return self.project(x, logits), RWKVState.from_layers(layers)
+
+    def run_block(self, block: Block, x: Tensor, layer_state):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, layer_state, use_reentrant=False)
+        return block(x, layer_state)
+
+    def project(self, x: Tensor, logits: LogitsMode = "all") -> Tensor | None:
+        """ln_out + head over the final hidden states [B, T, C]."""
+        if logits == "none":
+            return None
+        if logits == "last":
+            x = x[:, -1]
+        elif logits != "all":
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        return self.head(self.ln_out(x))
+
+    def new_state(self, batch_size: int = 1) -> RWKVState:
+        return RWKVState.zeros(self.config, batch_size, self.device, self.dtype)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The RWKV-6 initialisation (SPEC §2.4), for models trained from scratch."""
+        cfg = self.config
+        C, L = cfg.n_embd, cfg.n_layer
+        ddd = torch.arange(C, dtype=torch.float32) / C
+        n = torch.arange(C, dtype=torch.float32)
+        for layer_id, block in enumerate(self.blocks):
+            ratio0 = layer_id / max(L - 1, 1)
+            ratio1 = 1.0 - layer_id / L
+            att, ffn = block.att, block.ffn
+            for name in ("x", "w", "k"):
+                getattr(att, f"time_maa_{name}").copy_((1 - ddd.pow(ratio1)).view(1, 1, C))
+            att.time_maa_v.copy_((1 - (ddd.pow(ratio1) + 0.3 * ratio0)).view(1, 1, C))
+            att.time_maa_r.copy_((1 - ddd.pow(0.5 * ratio1)).view(1, 1, C))
+            att.time_maa_g.copy_((1 - ddd.pow(0.5 * ratio1)).view(1, 1, C))
+            att.time_maa_w1.zero_()
+            att.time_maa_w2.uniform_(-0.01, 0.01)
+            att.time_decay.copy_((-6 + 5 * (n / max(C - 1, 1)).pow(0.7 + 1.3 * ratio0)).view(1, 1, C))
+            att.time_decay_w1.zero_()
+            att.time_decay_w2.uniform_(-0.01, 0.01)
+            u = ratio0 * (1 - n / max(C - 1, 1)) + ((n + 1) % 3 - 1) * 0.1
+            att.time_faaaa.copy_(u.view(cfg.n_head, cfg.head_size))
+            ffn.time_maa_k.copy_((1 - ddd.pow(ratio1)).view(1, 1, C))
+            ffn.time_maa_r.copy_((1 - ddd.pow(ratio1)).view(1, 1, C))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+__all__ = ["RWKV", "RWKVConfig", "RWKVState", "Block", "TimeMix", "ChannelMix"]
