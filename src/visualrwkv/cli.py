@@ -12,7 +12,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
-    # filled in as the commands land; each entry is a module path with add_parser()
+    "visualrwkv.bench.cli",
 ]
 
 

@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   installs into .venv and runs the main job on the embedded default model
+#   make test   installs into .venv (with the test extras) and runs the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# The CPU build of torch, installed first so that nothing pulls CUDA wheels on a machine without a
+# GPU. Elsewhere set TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu) or TORCH_SPEC.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PIP) install -q -e ".[dev,serve,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/visualrwkv bench lm --configs 256x4 --prompt 1024 --decode-steps 32 --repeats 1
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(VENV)/bin/visualrwkv bench lm --out docs/bench_lm.json
+
+clean:
+	rm -rf $(VENV)
