@@ -47,6 +47,10 @@ class Tokenizer:
         self._rust = pyrwkv_tokenizer.RWKVTokenizer()
         self._bytes = _token_bytes()
 
+    def __reduce__(self):
+        # the Rust encoder cannot be pickled; a Tokenizer has no other state, so rebuild it
+        return (Tokenizer, ())
+
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise TypeError(f"Tokenizer.encode expects str, got {type(text).__name__}")

@@ -1,0 +1,362 @@
+"""VisualRWKV: frozen vision encoder → projector → image vectors spliced into the token embeddings
+→ RWKV-6 with 2D scanning (SPEC §1, §5, §6).
+
+One layer-wise forward (`forward_embeds`) serves training and inference: training runs whole
+spliced sequences through it; inference runs the prefix (text, image, text) through it, keeps the
+state, and decodes recurrently from there, which is exact because every generated token comes after
+the image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from .constants import END_OF_TEXT, IGNORE_INDEX, IMAGE_TOKEN_INDEX, STOP_TOKEN_INDEX
+from .rwkv.checkpoint import CheckpointError, config_from_state_dict, read_state_dict, strip_prefix
+from .rwkv.model import RWKV, RWKVConfig, RWKVState
+from .rwkv.tokenizer import Tokenizer
+from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, scan_permutation
+from .utils import atomic_save_file, atomic_write
+from .vision.encoders import VisionConfig, build_encoder, clip_config_from_state_dict
+from .vision.projector import build_projector, infer_projector
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+IMAGE_POSITIONS = ("first", "last", "middle")
+
+
+@dataclass
+class VisualRWKVConfig:
+    rwkv: RWKVConfig
+    vision: VisionConfig
+    projector: str = "linear"
+    scanning: str = "bidirection"
+    image_position: str = "middle"  # the prompt layout for instructions (SPEC §7.3); "middle" = sandwich
+    ctx_len: int = 2048
+
+    def __post_init__(self):
+        if isinstance(self.rwkv, dict):
+            self.rwkv = RWKVConfig.from_dict(self.rwkv)
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig.from_dict(self.vision)
+        if self.scanning not in SCANNING_MODES:
+            raise ValueError(f"scanning must be one of {SCANNING_MODES}, got {self.scanning!r}")
+        if self.image_position not in IMAGE_POSITIONS:
+            raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {self.image_position!r}")
+        if self.ctx_len <= 0:
+            raise ValueError(f"ctx_len must be positive, got {self.ctx_len}")
+
+    def to_dict(self) -> dict:
+        return {"rwkv": self.rwkv.to_dict(), "vision": self.vision.to_dict(), "projector": self.projector,
+                "scanning": self.scanning, "image_position": self.image_position, "ctx_len": self.ctx_len}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VisualRWKVConfig":
+        return cls(**d)
+
+
+@dataclass
+class SplicedBatch:
+    """Token embeddings with the image vectors in place, right-padded to the longest row."""
+
+    embeds: Tensor  # [B, T, C]
+    labels: Tensor | None  # [B, T], IGNORE_INDEX where nothing is supervised
+    spans: list[list[ImageSpan]]  # per row: the patch span of every image, for scanning
+    lengths: list[int] = field(default_factory=list)
+
+
+def sample_level_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample mean next-token cross-entropy [B] (SPEC §7.6); rows without labels give 0."""
+    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+                         reduction="none").view(targets.shape)
+    valid = (targets != IGNORE_INDEX).sum(dim=1)
+    return ce.sum(dim=1) / valid.clamp(min=1)
+
+
+class VisualRWKV(nn.Module):
+    def __init__(self, config: VisualRWKVConfig, vit: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.rwkv = RWKV(config.rwkv)
+        self.vit = vit if vit is not None else build_encoder(config.vision)
+        self.proj = build_projector(config.projector, self.vit.hidden_size, config.rwkv.n_embd)
+        self._tokenizer: Tokenizer | None = None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer()
+        return self._tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.rwkv.device
+
+    # ---- images ---------------------------------------------------------------------------
+    def preprocess(self, images: Sequence) -> Tensor:
+        """Pixel values [N, ...] of images given as paths, bytes, file objects or PIL images."""
+        if not images:
+            return torch.zeros((0, *self.vit.pixel_shape))
+        return torch.stack([self.vit.preprocess(image) for image in images])
+
+    def encode_images(self, pixel_values: Tensor) -> Tensor:
+        """Projected image vectors [N, num_tokens, C] in the LM's dtype."""
+        features = self.vit(pixel_values.to(self.device))
+        projected = self.proj(features.to(next(self.proj.parameters()).dtype))
+        return projected.to(self.rwkv.dtype)
+
+    # ---- splicing -------------------------------------------------------------------------
+    def splice(self, input_ids: Sequence[Sequence[int]], image_embeds: Sequence[Tensor],
+               labels: Sequence[Sequence[int]] | None = None, ctx_len: int | None = None) -> SplicedBatch:
+        """Replace each IMAGE_TOKEN_INDEX sentinel of row b by the next image of image_embeds[b].
+
+        image_embeds[b] is [n_images_b, num_tokens, C]. With ctx_len, each row is cut to its first
+        ctx_len positions if they hold a supervised label, else to its last ctx_len (SPEC §5.4); a
+        cut never splits an image: the window shrinks to the nearest image boundary.
+        """
+        if len(image_embeds) != len(input_ids) or (labels is not None and len(labels) != len(input_ids)):
+            raise ValueError("input_ids, image_embeds and labels must have one entry per sample")
+        lo, hi = self.vit.patch_span
+        grid = tuple(self.vit.patch_grid)
+        rows, row_labels, row_spans = [], [], []
+        for b, ids in enumerate(input_ids):
+            ids = list(ids)
+            n_sentinels = sum(1 for t in ids if t == IMAGE_TOKEN_INDEX)
+            images = image_embeds[b]
+            if n_sentinels != len(images):
+                raise ValueError(f"sample {b}: {n_sentinels} image placeholder(s) in the prompt but {len(images)} image(s)")
+            lab = list(labels[b]) if labels is not None else [IGNORE_INDEX] * len(ids)
+            if len(lab) != len(ids):
+                raise ValueError(f"sample {b}: {len(ids)} input ids but {len(lab)} labels")
+            pieces, piece_labels, spans, extents, pos, text, text_labels, image_i = [], [], [], [], 0, [], [], 0
+            for t, y in zip(ids + [None], lab + [None]):
+                if t is None or t == IMAGE_TOKEN_INDEX:
+                    if text:
+                        pieces.append(self.rwkv.embed(torch.tensor(text, device=self.device)))
+                        piece_labels += text_labels
+                        pos += len(text)
+                        text, text_labels = [], []
+                    if t is not None:
+                        image = images[image_i]
+                        image_i += 1
+                        pieces.append(image)
+                        piece_labels += [IGNORE_INDEX] * image.shape[0]
+                        spans.append(ImageSpan(pos + lo, pos + hi, grid))
+                        extents.append((pos, pos + image.shape[0]))
+                        pos += image.shape[0]
+                else:
+                    text.append(t)
+                    text_labels.append(y)
+            if not pieces:
+                raise ValueError(f"sample {b} is empty")
+            embeds = torch.cat(pieces).to(self.rwkv.dtype)
+            if ctx_len is not None and embeds.shape[0] > ctx_len:
+                start, end = _truncation_window(piece_labels, extents, ctx_len)
+                embeds, piece_labels = embeds[start:end], piece_labels[start:end]
+                spans = [s.shifted(-start) for s, (a, z) in zip(spans, extents) if a >= start and z <= end]
+            rows.append(embeds)
+            row_labels.append(piece_labels)
+            row_spans.append(spans)
+        lengths = [r.shape[0] for r in rows]
+        T = max(lengths)
+        embeds = torch.stack([F.pad(r, (0, 0, 0, T - r.shape[0])) for r in rows])
+        label_tensor = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+        for b, lab in enumerate(row_labels):
+            label_tensor[b, : len(lab)] = torch.tensor(lab, dtype=torch.long)
+        return SplicedBatch(embeds, label_tensor.to(self.device) if labels is not None else None, row_spans, lengths)
+
+    # ---- the layer-wise forward -------------------------------------------------------------
+    def forward_embeds(self, x: Tensor, spans: list[list[ImageSpan]], state: RWKVState | None = None,
+                       logits: str = "all") -> tuple[Tensor | None, RWKVState]:
+        """The LM over spliced embeddings [B, T, C], each layer reading the image spans in its scan order."""
+        T = x.shape[1]
+        orders: dict[tuple[bool, bool], tuple[Tensor | None, Tensor | None]] = {}
+        layers = []
+        for i, block in enumerate(self.rwkv.blocks):
+            key = layer_order(self.config.scanning, i)
+            if key not in orders:
+                index = scan_permutation(spans, T, self.config.scanning, i, device=x.device)
+                orders[key] = (index, inverse(index))
+            index, undo = orders[key]
+            h, layer_state = self.rwkv.run_block(block, permute(x, index), state.layer(i) if state is not None else None)
+            x = permute(h, undo)
+            layers.append(layer_state)
+        return self.rwkv.project(x, logits), RWKVState.from_layers(layers)
+
+    def forward(self, input_ids: Sequence[Sequence[int]], pixel_values: Sequence[Tensor],
+                labels: Sequence[Sequence[int]] | None = None, ctx_len: int | None = None):
+        """Training forward. pixel_values[b] is [n_images_b, ...] (n may be 0). Returns (logits, labels)."""
+        counts = [len(p) for p in pixel_values]
+        embeds = self.encode_images(torch.cat(list(pixel_values))) if sum(counts) else None
+        per_sample = list(embeds.split(counts)) if embeds is not None else [
+            torch.zeros(0, self.vit.num_tokens, self.config.rwkv.n_embd, device=self.device)] * len(counts)
+        batch = self.splice(input_ids, per_sample, labels, ctx_len)
+        logits, _ = self.forward_embeds(batch.embeds, batch.spans)
+        return logits, batch.labels
+
+    # ---- inference --------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, input_ids: Sequence[int], images: Sequence = (), state: RWKVState | None = None):
+        """Run a prompt (ids with sentinels + its images) from `state`; returns (last logits [V], state)."""
+        pixel_values = images if isinstance(images, Tensor) else self.preprocess(list(images))
+        embeds = self.encode_images(pixel_values) if len(pixel_values) else \
+            torch.zeros(0, self.vit.num_tokens, self.config.rwkv.n_embd, device=self.device)
+        batch = self.splice([input_ids], [embeds])
+        logits, state = self.forward_embeds(batch.embeds, batch.spans, state, logits="last")
+        return logits[0], state
+
+    @torch.no_grad()
+    def generate_greedy(self, input_ids: Sequence[int], images: Sequence = (), max_new_tokens: int = 128,
+                        stop_ids: Sequence[int] = (STOP_TOKEN_INDEX, END_OF_TEXT)) -> list[int]:
+        logits, state = self.prefill(input_ids, images)
+        out = []
+        for _ in range(max_new_tokens):
+            token = int(logits.argmax())
+            if token in stop_ids:
+                break
+            out.append(token)
+            step, state = self.rwkv(torch.tensor([[token]], device=self.device), state, logits="last")
+            logits = step[0]
+        return out
+
+    def chat(self, image, question: str | list, max_new_tokens: int = 128) -> str:
+        """Greedy answer to `question` about `image` (a path, bytes or PIL image; None for text only).
+
+        `question` may also be a list of (question, answer) pairs followed by the new question.
+        """
+        from .prompts import build_inference_prompt
+
+        has_image = image is not None
+        ids = build_inference_prompt(question, self.config.image_position, has_image=has_image, tokenizer=self.tokenizer)
+        tokens = self.generate_greedy(ids, [image] if has_image else [], max_new_tokens)
+        return self.tokenizer.decode(tokens).split("\n\n")[0].strip()
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """config.json + model.safetensors (everything, the vision tower included), written atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_dict()
+        config["vision"] = portable_vision_config(self.vit, self.config.vision).to_dict()
+        tensors = {}
+        for k, v in self.state_dict().items():
+            v = v.detach()
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            tensors[k] = v.contiguous().cpu()
+        atomic_save_file(lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}), directory / WEIGHTS_NAME)
+        with atomic_write(directory / CONFIG_NAME, "w") as f:
+            json.dump(config, f, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> "VisualRWKV":
+        """Our directory format, an official full `VisualRWKV-v060-*.pth`, or an exported
+        `*_rwkv.pth` (with its `*_visual.pth` beside it)."""
+        path = Path(path)
+        if path.is_dir():
+            config_path = path / CONFIG_NAME
+            if not config_path.is_file():
+                raise FileNotFoundError(f"{path} has no {CONFIG_NAME}: not a visualrwkv model directory")
+            try:
+                config = VisualRWKVConfig.from_dict(json.loads(config_path.read_text()))
+            except (json.JSONDecodeError, TypeError) as e:
+                raise ValueError(f"{config_path}: invalid config ({e})") from e
+            sd = read_state_dict(path / WEIGHTS_NAME)
+            model = cls(config)
+            _load_strict(model, sd, str(path / WEIGHTS_NAME))
+        else:
+            model = import_official(path)
+        return model.to(device=device, dtype=dtype).eval()
+
+
+def _load_strict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
+    own = model.state_dict()
+    optional = {k for k in own if k.endswith("position_ids")}
+    missing = sorted(set(own) - set(sd) - optional)
+    unexpected = sorted(k for k in set(sd) - set(own) if not k.endswith("position_ids"))
+    wrong = [f"{k}: {tuple(sd[k].shape)} in file, expected {tuple(own[k].shape)}"
+             for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{source} does not match the model: missing {missing[:8]}, "
+                              f"unexpected {unexpected[:8]}, wrong shapes {wrong[:8]}")
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+
+
+def _truncation_window(labels: list[int], extents: list[tuple[int, int]], ctx_len: int) -> tuple[int, int]:
+    """[start, end) of at most ctx_len positions: the head if it holds a label, else the tail;
+    moved to image boundaries so that no image is cut in half."""
+    n = len(labels)
+    start, end = 0, ctx_len
+    if all(y == IGNORE_INDEX for y in labels[:ctx_len]):
+        start, end = n - ctx_len, n
+    for a, z in extents:
+        if a < end < z:
+            end = a
+        if a < start < z:
+            start = z
+    return start, max(start, end)
+
+
+def portable_vision_config(encoder: nn.Module, config: VisionConfig) -> VisionConfig:
+    """A vision config that rebuilds `encoder` without its original files (weights come from the checkpoint)."""
+    if config.kind == "tiny":
+        return VisionConfig("tiny", tiny=encoder.config, dtype=config.dtype)
+    if config.kind == "stack":
+        parts = {name: portable_vision_config(part, getattr(config, name) or VisionConfig(name, hf_config={}))
+                 for name, part in encoder.components}
+        return VisionConfig("stack", dtype=config.dtype, **parts)
+    hf_config = {k: v for k, v in encoder.hf_model.config.to_dict().items()
+                 if k not in ("transformers_version", "architectures", "_name_or_path", "model_type", "torch_dtype", "dtype")}
+    return VisionConfig(config.kind, hf_config=hf_config, image_size=config.image_size, grid_size=config.grid_size,
+                        dtype=config.dtype)
+
+
+def import_official(path: str | os.PathLike) -> VisualRWKV:
+    """An official v6.0 checkpoint: the full `VisualRWKV-v060-*.pth` (keys rwkv./proj./vit.) or the
+    exported pair `{name}_rwkv.pth` + `{name}_visual.pth`. Everything is inferred from shapes."""
+    path = Path(path)
+    if path.name.endswith("_rwkv.pth") or path.name.endswith("_visual.pth"):
+        stem = path.name.rsplit("_", 1)[0]
+        rwkv_path, visual_path = path.with_name(f"{stem}_rwkv.pth"), path.with_name(f"{stem}_visual.pth")
+        for p in (rwkv_path, visual_path):
+            if not p.is_file():
+                raise FileNotFoundError(f"exported checkpoint pair incomplete: {p} not found")
+        lm_sd, visual = read_state_dict(rwkv_path), read_state_dict(visual_path)
+        sd = {"rwkv." + k: v for k, v in lm_sd.items()} | visual
+        source = f"{rwkv_path} + {visual_path}"
+    else:
+        sd = read_state_dict(path)
+        source = str(path)
+    lm_sd = strip_prefix(sd, "rwkv.")
+    if not lm_sd:
+        raise CheckpointError(f"{source}: no 'rwkv.' keys: not a VisualRWKV checkpoint")
+    rwkv_config = config_from_state_dict(lm_sd)
+    proj_sd = strip_prefix(sd, "proj.")
+    vit_sd = strip_prefix(sd, "vit.")
+    if not proj_sd:
+        raise CheckpointError(f"{source}: no 'proj.' keys")
+    if not any(k.startswith("vision_model.") for k in vit_sd):
+        raise CheckpointError(f"{source}: the vision tower is not an HF CLIP state dict under 'vit.vision_model.' "
+                              "(only the v6.0 CLIP layout can be imported)")
+    kind, in_dim, out_dim, _ = infer_projector(proj_sd)
+    vision = VisionConfig("clip", hf_config=clip_config_from_state_dict(vit_sd))
+    config = VisualRWKVConfig(rwkv=rwkv_config, vision=vision, projector=kind, scanning="bidirection",
+                              image_position="middle")
+    model = VisualRWKV(config)
+    if model.vit.hidden_size != in_dim:
+        raise CheckpointError(f"{source}: projector expects {in_dim}-d features, the CLIP tower gives {model.vit.hidden_size}")
+    _load_strict(model.rwkv, lm_sd, source + " (rwkv.)")
+    model.proj.load_state_dict(proj_sd, strict=True)
+    model.vit.load_official_state_dict(vit_sd)
+    return model

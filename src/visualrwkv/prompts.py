@@ -1,0 +1,238 @@
+"""Conversation rendering, image position, per-turn tokenization and label masks (SPEC §7).
+
+One prompt builder for training, evaluation, the demo and benchmarks: the inference prompt is the
+training rendering of the same conversation with an empty gpt turn, so the two never drift apart.
+
+Pipeline: conversations (LLaVA `[{"from": "human"|"gpt", "value": str}, ...]`)
+  → `render_conversation` (normalise values, move `<image>` to `image_position`, add `User: `/`Assistant: `)
+  → `tokenize_turns` (each turn encoded on its own; image turns split on `<image>` with the sentinel
+    IMAGE_TOKEN_INDEX between the pieces) → `TokenizedSample(input_ids, labels, num_images)`.
+
+Several images (an extension; v6.0 supports one): a human turn holding k `<image>` tags keeps k tags,
+in their original order, at the image position, one per line (`first`: `<image>\\n<image>\\n{text}`,
+the v7.00 layout). Each human turn that holds tags is transformed on its own, as the official loop does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal, Mapping, Sequence
+
+from visualrwkv.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from visualrwkv.rwkv.tokenizer import Tokenizer
+
+ImagePosition = Literal["first", "last", "middle"]
+IMAGE_POSITIONS: tuple[str, ...] = ("first", "last", "middle")
+ROLE_NAMES = {"human": "User", "gpt": "Assistant"}
+# Removed from the image turn's copy inside ALL_HUMAN only (SPEC §7.3); the later copy keeps it.
+SHORT_ANSWER_PHRASE = "Answer the question using a single word or phrase."
+_BLANK_LINES = re.compile(r"\n(\s*\n)+")
+
+
+class ConversationError(ValueError):
+    """A conversation that cannot be rendered; the message names the turn and what is wrong."""
+
+
+@dataclass(frozen=True)
+class TurnText:
+    """One rendered turn: `speaker` is "human" or "gpt"; `text` is e.g. "User: hi\\n\\n" or "Assistant:"."""
+
+    speaker: str
+    text: str
+
+    @property
+    def role(self) -> str:
+        return ROLE_NAMES[self.speaker]
+
+    @property
+    def pieces(self) -> list[str]:
+        """The text around the `<image>` tags; the sentinel goes between consecutive pieces."""
+        return self.text.split(DEFAULT_IMAGE_TOKEN)
+
+
+@dataclass
+class TokenizedSample:
+    input_ids: list[int]  # text ids, with IMAGE_TOKEN_INDEX where an image is spliced
+    labels: list[int]  # same length; IGNORE_INDEX where no loss is taken
+    num_images: int  # number of IMAGE_TOKEN_INDEX sentinels in input_ids
+
+
+def normalize_value(value: str) -> str:
+    """strip(), then collapse blank and whitespace-only lines, so "\\n\\n" only ever ends a turn."""
+    return _BLANK_LINES.sub("\n", value.strip())
+
+
+def validate_conversations(conversations: Sequence[Mapping]) -> None:
+    """Raise ConversationError unless every turn is {"from": "human"|"gpt", "value": str}."""
+    if isinstance(conversations, (str, bytes)) or not isinstance(conversations, Sequence):
+        raise ConversationError(f"conversations must be a list of turns, got {type(conversations).__name__}")
+    for i, turn in enumerate(conversations):
+        if not isinstance(turn, Mapping):
+            raise ConversationError(f"turn {i}: expected an object with 'from' and 'value', got {type(turn).__name__}")
+        if "from" not in turn or "value" not in turn:
+            raise ConversationError(f"turn {i}: missing {'from' if 'from' not in turn else 'value'!r}")
+        if turn["from"] not in ROLE_NAMES:
+            raise ConversationError(f"turn {i}: unknown role {turn['from']!r} (expected 'human' or 'gpt')")
+        if not isinstance(turn["value"], str):
+            raise ConversationError(f"turn {i}: 'value' must be a string, got {type(turn['value']).__name__}")
+        if turn["from"] == "gpt" and DEFAULT_IMAGE_TOKEN in turn["value"]:
+            raise ConversationError(f"turn {i}: {DEFAULT_IMAGE_TOKEN} in a gpt turn (images belong to human turns)")
+
+
+def count_image_tags(conversations: Sequence[Mapping]) -> int:
+    return sum(turn["value"].count(DEFAULT_IMAGE_TOKEN) for turn in conversations)
+
+
+def _all_human(conversations: Sequence[Mapping]) -> str:
+    """ALL_HUMAN of the sandwich prompt (SPEC §7.3), matching the released checkpoints exactly:
+    image turns are cleaned (tag and short-answer phrase removed, newlines collapsed); the other
+    human turns are only stripped, so their suffixes and inner blank lines remain."""
+    parts = []
+    for turn in conversations:
+        if turn["from"] != "human":
+            continue
+        value = turn["value"]
+        if DEFAULT_IMAGE_TOKEN in value:
+            value = value.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+            value = value.replace(SHORT_ANSWER_PHRASE, "").strip()
+            parts.append(_BLANK_LINES.sub("\n", value))
+        else:
+            parts.append(value.strip())
+    return "\n".join(parts)
+
+
+def _place_images(value: str, image_position: str, all_human: str) -> str:
+    tags = "\n".join([DEFAULT_IMAGE_TOKEN] * value.count(DEFAULT_IMAGE_TOKEN))
+    text = normalize_value(value.replace(DEFAULT_IMAGE_TOKEN, ""))
+    if image_position == "first":
+        placed = f"{tags}\n{text}"
+    elif image_position == "last":
+        placed = f"{text}\n{tags}"
+    else:
+        placed = f"{all_human}\n{tags}\n{text}"
+    # the composed value is stripped but not re-collapsed (official behaviour, see _all_human)
+    return placed.strip()
+
+
+def render_conversation(conversations: Sequence[Mapping], image_position: str = "middle") -> list[TurnText]:
+    """Rendered turns, in order; concatenating their `text` gives the whole prompt."""
+    if image_position not in IMAGE_POSITIONS:
+        raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {image_position!r}")
+    validate_conversations(conversations)
+    all_human = _all_human(conversations) if image_position == "middle" else ""
+    turns = []
+    for turn in conversations:
+        value = turn["value"]
+        if DEFAULT_IMAGE_TOKEN in value:
+            value = _place_images(value, image_position, all_human)
+        else:
+            value = normalize_value(value)
+        role = ROLE_NAMES[turn["from"]]
+        # an empty turn is the inference slot: no space, no terminator, so the prompt ends "Assistant:"
+        text = f"{role}: {value}\n\n" if value else f"{role}:"
+        turns.append(TurnText(turn["from"], text))
+    return turns
+
+
+def render_text(conversations: Sequence[Mapping], image_position: str = "middle") -> str:
+    return "".join(t.text for t in render_conversation(conversations, image_position))
+
+
+@lru_cache(maxsize=1)
+def default_tokenizer() -> Tokenizer:
+    return Tokenizer()
+
+
+def _encode_turn(turn: TurnText, tokenizer) -> list[int]:
+    ids: list[int] = []
+    for k, piece in enumerate(turn.pieces):
+        if k:
+            ids.append(IMAGE_TOKEN_INDEX)
+        ids.extend(tokenizer.encode(piece))
+    return ids
+
+
+def tokenize_turns(turns: Sequence[TurnText], tokenizer) -> TokenizedSample:
+    """Encode each turn separately (no token crosses a turn boundary) and build the labels:
+    IGNORE for all human tokens (sentinels included) and the 3 "Assistant:" tokens of each gpt turn."""
+    assistant_prefix = tokenizer.encode(ROLE_NAMES["gpt"] + ":")
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for i, turn in enumerate(turns):
+        ids = _encode_turn(turn, tokenizer)
+        if turn.speaker == "human":
+            turn_labels = [IGNORE_INDEX] * len(ids)
+        else:
+            # the masked prefix length relies on "Assistant:" never merging with the answer's first token
+            if ids[: len(assistant_prefix)] != assistant_prefix:
+                raise ConversationError(f"turn {i}: gpt turn does not start with the 'Assistant:' tokens")
+            turn_labels = [IGNORE_INDEX] * len(assistant_prefix) + ids[len(assistant_prefix) :]
+        input_ids.extend(ids)
+        labels.extend(turn_labels)
+    num_images = sum(1 for t in input_ids if t == IMAGE_TOKEN_INDEX)
+    return TokenizedSample(input_ids, labels, num_images)
+
+
+def tokenize_conversation(
+    conversations: Sequence[Mapping],
+    tokenizer=None,
+    image_position: str = "middle",
+    num_images: int | None = None,
+) -> TokenizedSample:
+    """Render and tokenize a training conversation. `num_images`, when given, must equal the number of
+    `<image>` tags (each tag becomes one sentinel); `tokenizer` defaults to the RWKV World tokenizer."""
+    validate_conversations(conversations)
+    if num_images is not None:
+        tags = count_image_tags(conversations)
+        if tags != num_images:
+            raise ConversationError(f"{tags} {DEFAULT_IMAGE_TOKEN} tag(s) but {num_images} image(s)")
+    turns = render_conversation(conversations, image_position)
+    return tokenize_turns(turns, tokenizer or default_tokenizer())
+
+
+def inference_conversation(question, has_image: bool = True) -> list[dict]:
+    """LLaVA turns for a prompt: prior (question, answer) rounds, the new question, an empty gpt turn.
+
+    `question` is a str, or a list of (question, answer) pairs followed by the new question (a str).
+    With `has_image` and no `<image>` tag anywhere, "<image>\\n" is put before the first question,
+    as the official evaluation does; tags the caller placed are kept (several images).
+    """
+    if isinstance(question, str):
+        history, new_question = [], question
+    elif isinstance(question, Sequence) and question and isinstance(question[-1], str):
+        history, new_question = list(question[:-1]), question[-1]
+    else:
+        raise ConversationError("question must be a str or a list of (question, answer) pairs ending with a str")
+    turns: list[dict] = []
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, Sequence) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise ConversationError(f"history item {i}: expected a (question, answer) pair of strings")
+        if not pair[1].strip():
+            raise ConversationError(f"history item {i}: empty answer")
+        turns += [{"from": "human", "value": pair[0]}, {"from": "gpt", "value": pair[1]}]
+    turns += [{"from": "human", "value": new_question}, {"from": "gpt", "value": ""}]
+    tags = count_image_tags(turns)
+    if has_image and tags == 0:
+        turns[0] = {"from": "human", "value": DEFAULT_IMAGE_TOKEN + "\n" + turns[0]["value"]}
+    elif not has_image and tags:
+        raise ConversationError(f"has_image=False but the prompt holds {tags} {DEFAULT_IMAGE_TOKEN} tag(s)")
+    for i in range(0, len(turns), 2):
+        # an empty human turn would render as "User:" with no terminator and run into the next turn
+        if not turns[i]["value"].strip():
+            raise ConversationError(f"question {i // 2} is empty")
+    return turns
+
+
+def build_inference_prompt(
+    question,
+    image_position: str = "middle",
+    has_image: bool = True,
+    *,
+    tokenizer=None,
+) -> list[int]:
+    """Token ids of the generation prompt, ending with "\\n\\nAssistant:"; sentinels (IMAGE_TOKEN_INDEX)
+    mark the images. See `inference_conversation` for the forms `question` may take."""
+    turns = render_conversation(inference_conversation(question, has_image), image_position)
+    return tokenize_turns(turns, tokenizer or default_tokenizer()).input_ids

@@ -1,0 +1,287 @@
+"""Prompt rendering, image position, per-turn tokenization and label masks (SPEC §7)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from visualrwkv.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from visualrwkv.prompts import (
+    ConversationError,
+    TurnText,
+    build_inference_prompt,
+    normalize_value,
+    render_conversation,
+    render_text,
+    tokenize_conversation,
+)
+from visualrwkv.rwkv.tokenizer import Tokenizer
+
+PHRASE = "Answer the question using a single word or phrase."
+BUS = [
+    {"from": "human", "value": f"<image>\nWhat is the color of the bus?\n{PHRASE}"},
+    {"from": "gpt", "value": "Red"},
+]
+ASSISTANT = [5585, 41693, 59]
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer()
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("  hi  ", "hi"),
+        ("a\n\nb", "a\nb"),
+        ("a\n \t\n\n  \nb", "a\nb"),
+        ("a\n  b", "a\n  b"),  # indentation of a non-blank line stays
+        ("\n\n a \n\n", "a"),
+    ],
+)
+def test_normalize_value_examples(raw, expected):
+    assert normalize_value(raw) == expected
+
+
+@given(st.text(alphabet=st.sampled_from("ab \t\n\r\u3000é"), max_size=40))
+def test_normalize_value_invariants(raw):
+    out = normalize_value(raw)
+    assert out == out.strip()
+    assert normalize_value(out) == out
+    lines = out.split("\n")
+    assert all(line.strip() for line in lines[1:-1]), "no blank or whitespace-only line survives"
+    assert "\n\n" not in out
+
+
+# ---------------------------------------------------------------- rendering (§7.3 examples)
+
+
+def test_rendered_examples_exact():
+    assert render_text(BUS, "first") == (
+        f"User: <image>\nWhat is the color of the bus?\n{PHRASE}\n\nAssistant: Red\n\n"
+    )
+    assert render_text(BUS, "last") == f"User: What is the color of the bus?\n{PHRASE}\n<image>\n\nAssistant: Red\n\n"
+    assert render_text(BUS, "middle") == (
+        f"User: What is the color of the bus?\n<image>\nWhat is the color of the bus?\n{PHRASE}\n\nAssistant: Red\n\n"
+    )
+
+
+def test_sandwich_token_pieces(tok):
+    turns = render_conversation(BUS, "middle")
+    assert [t.speaker for t in turns] == ["human", "gpt"]
+    assert turns[0].pieces == ["User: What is the color of the bus?\n", f"\nWhat is the color of the bus?\n{PHRASE}\n\n"]
+    assert turns[1].pieces == ["Assistant: Red\n\n"]
+    sample = tokenize_conversation(BUS, tok, "middle", num_images=1)
+    expected = (
+        tok.encode("User: What is the color of the bus?\n")
+        + [IMAGE_TOKEN_INDEX]
+        + tok.encode(f"\nWhat is the color of the bus?\n{PHRASE}\n\n")
+        + tok.encode("Assistant: Red\n\n")
+    )
+    assert sample.input_ids == expected
+    assert sample.num_images == 1
+
+
+def test_roles_and_empty_turn():
+    turns = render_conversation([{"from": "human", "value": " hi \n"}, {"from": "gpt", "value": "   "}])
+    assert turns == [TurnText("human", "User: hi\n\n"), TurnText("gpt", "Assistant:")]
+    assert turns[0].role == "User" and turns[1].role == "Assistant"
+
+
+def test_unknown_role_is_named():
+    with pytest.raises(ConversationError, match=r"turn 1: unknown role 'system'"):
+        render_conversation([{"from": "human", "value": "a"}, {"from": "system", "value": "b"}])
+
+
+@pytest.mark.parametrize(
+    "conv, message",
+    [
+        ([{"from": "human"}], "turn 0: missing 'value'"),
+        ([{"from": "human", "value": 3}], "turn 0: 'value' must be a string"),
+        (["hello"], "turn 0: expected an object"),
+        ([{"from": "gpt", "value": "<image> no"}], "turn 0: <image> in a gpt turn"),
+        ("User: hi", "conversations must be a list"),
+    ],
+)
+def test_malformed_conversations(conv, message):
+    with pytest.raises(ConversationError, match=message):
+        render_conversation(conv)
+
+
+def test_bad_image_position():
+    with pytest.raises(ValueError, match="image_position"):
+        render_conversation(BUS, "centre")
+
+
+def test_sandwich_all_human_multi_turn():
+    conv = [
+        {"from": "human", "value": f"What is it?\n<image>\n{PHRASE}"},
+        {"from": "gpt", "value": "A bus"},
+        {"from": "human", "value": f"  Which colour?\n\n{PHRASE}  "},
+        {"from": "gpt", "value": "Red"},
+    ]
+    turns = render_conversation(conv, "middle")
+    # phrase removed only from the image turn's copy; the other human turn is only stripped
+    assert turns[0].text == (
+        f"User: What is it?\nWhich colour?\n\n{PHRASE}\n<image>\nWhat is it?\n{PHRASE}\n\n"
+    )
+    assert turns[2].text == f"User: Which colour?\n{PHRASE}\n\n"
+
+
+def test_several_images_kept_in_order_at_position(tok):
+    conv = [{"from": "human", "value": "<image> compare <image>\nthese"}, {"from": "gpt", "value": "Same"}]
+    assert render_conversation(conv, "first")[0].text == "User: <image>\n<image>\ncompare \nthese\n\n"
+    assert render_conversation(conv, "last")[0].text == "User: compare \nthese\n<image>\n<image>\n\n"
+    assert render_conversation(conv, "middle")[0].text == "User: compare \nthese\n<image>\n<image>\ncompare \nthese\n\n"
+    sample = tokenize_conversation(conv, tok, "first", num_images=2)
+    assert sample.num_images == 2
+    first, second = [i for i, t in enumerate(sample.input_ids) if t == IMAGE_TOKEN_INDEX]
+    assert sample.input_ids[first + 1 : second] == tok.encode("\n")
+
+
+def test_more_tags_than_images_is_an_error(tok):
+    conv = [{"from": "human", "value": "<image>\n<image>\nWhat?"}, {"from": "gpt", "value": "x"}]
+    with pytest.raises(ConversationError, match=r"2 <image> tag\(s\) but 1 image\(s\)"):
+        tokenize_conversation(conv, tok, num_images=1)
+
+
+# ---------------------------------------------------------------- tokens and labels (§7.5, §7.6)
+
+
+def test_spec_token_vectors(tok):
+    assert tok.encode("User:") == [24281, 59]
+    assert tok.encode("User: ") == [24281, 59, 33]
+    assert tok.encode("Assistant:") == ASSISTANT
+    assert tok.encode("Assistant: yes\n\n") == ASSISTANT + [22796, 261]
+    assert tok.encode("\n\n") == [261] and tok.encode("\n") == [11]
+    assert tok.encode("<image>") == [61, 34733, 63]
+    assert tok.encode("Today is a beautiful day. 今天是美好的一天。") == [
+        33520, 4600, 332, 59219, 21509, 47, 33, 10381, 11639, 13091, 15597, 11685, 14734, 10250, 11639, 10080,
+    ]  # fmt: skip
+
+
+def test_labels_of_the_bus_example(tok):
+    for position in ("first", "last", "middle"):
+        sample = tokenize_conversation(BUS, tok, position)
+        assert len(sample.labels) == len(sample.input_ids)
+        supervised = [label for label in sample.labels if label != IGNORE_INDEX]
+        assert supervised == tok.encode(" Red\n\n") == [20733, 261]  # merged leading space, closing 261
+        assert sample.labels[-2:] == [20733, 261]
+        assert sample.labels[-5:-2] == [IGNORE_INDEX] * 3 and sample.input_ids[-5:-2] == ASSISTANT
+        assert sample.labels[sample.input_ids.index(IMAGE_TOKEN_INDEX)] == IGNORE_INDEX
+
+
+def test_multi_turn_masks_are_aligned(tok):
+    """The old v5.0 bug used cumulative turn lengths; every answer span must sit exactly on its turn."""
+    conv = [
+        {"from": "human", "value": "<image>\nFirst question?"},
+        {"from": "gpt", "value": "First answer"},
+        {"from": "human", "value": "Second, longer question about the picture?"},
+        {"from": "gpt", "value": "Second"},
+        {"from": "human", "value": "Third?"},
+        {"from": "gpt", "value": "Third answer is long"},
+    ]
+    sample = tokenize_conversation(conv, tok, "middle", num_images=1)
+    offset = 0
+    for turn in render_conversation(conv, "middle"):
+        n = sum(len(tok.encode(p)) for p in turn.pieces) + len(turn.pieces) - 1
+        labels = sample.labels[offset : offset + n]
+        ids = sample.input_ids[offset : offset + n]
+        if turn.speaker == "human":
+            assert labels == [IGNORE_INDEX] * n
+        else:
+            assert labels == [IGNORE_INDEX] * 3 + ids[3:]
+            assert tok.decode(ids[3:]) == turn.text[len("Assistant:") :]
+        offset += n
+    assert offset == len(sample.input_ids)
+
+
+def test_text_only_sample_is_plain_encode(tok):
+    conv = [{"from": "human", "value": "Hello there"}, {"from": "gpt", "value": "Hi"}]
+    sample = tokenize_conversation(conv, tok, num_images=0)
+    assert sample.input_ids == tok.encode("User: Hello there\n\n") + tok.encode("Assistant: Hi\n\n")
+    assert sample.num_images == 0
+
+
+_TEXT = st.text(alphabet=st.sampled_from("abcXYZ .?,\n\t é今"), max_size=25)
+
+
+@st.composite
+def conversations(draw):
+    rounds = draw(st.integers(1, 4))
+    image_round = draw(st.integers(0, rounds - 1))
+    turns = []
+    for r in range(rounds):
+        question = draw(_TEXT)
+        if r == image_round:
+            k = draw(st.integers(0, 2))
+            cut = draw(st.integers(0, len(question)))
+            question = question[:cut] + "<image>" * k + question[cut:]
+        if draw(st.booleans()):
+            question += "\n" + PHRASE
+        answer = draw(_TEXT.filter(lambda s: s.strip()))
+        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return turns
+
+
+@settings(max_examples=150, deadline=None)
+@given(conv=conversations(), position=st.sampled_from(["first", "last", "middle"]))
+def test_tokenization_invariants(tok, conv, position):
+    sample = tokenize_conversation(conv, tok, position)
+    text = render_text(conv, position)
+    ids, labels = sample.input_ids, sample.labels
+    assert len(ids) == len(labels)
+    assert sample.num_images == text.count("<image>") == sum(t["value"].count("<image>") for t in conv)
+    assert tok.decode([t for t in ids if t != IMAGE_TOKEN_INDEX]) == text.replace("<image>", "")
+    assert all(label in (IGNORE_INDEX, t) for label, t in zip(labels, ids))
+    assert all(label == IGNORE_INDEX for label, t in zip(labels, ids) if t == IMAGE_TOKEN_INDEX)
+    supervised = tok.decode([label for label in labels if label != IGNORE_INDEX])
+    assert supervised == "".join(f" {normalize_value(t['value'])}\n\n" for t in conv if t["from"] == "gpt")
+
+
+@settings(max_examples=100, deadline=None)
+@given(conv=conversations(), position=st.sampled_from(["first", "last", "middle"]))
+def test_inference_prompt_is_training_prefix(tok, conv, position):
+    """Prompt for the last question (history = earlier rounds) == training ids up to the last 'Assistant:'."""
+    if not any("<image>" in t["value"] for t in conv):
+        conv[0] = {"from": "human", "value": "<image>\n" + conv[0]["value"]}
+    conv = [t if t["value"].strip() else {**t, "value": "?"} for t in conv]  # empty questions are refused
+    pairs = [(conv[i]["value"], conv[i + 1]["value"]) for i in range(0, len(conv) - 2, 2)]
+    prompt = build_inference_prompt([*pairs, conv[-2]["value"]], position, tokenizer=tok)
+    train = tokenize_conversation(conv, tok, position).input_ids
+    assert prompt[-4:] == [261] + ASSISTANT
+    assert train[: len(prompt)] == prompt
+    assert train[len(prompt) :] == tok.encode(f" {normalize_value(conv[-1]['value'])}\n\n")
+
+
+def test_inference_prompt_bus_example(tok):
+    prompt = build_inference_prompt(f"What is the color of the bus?\n{PHRASE}", "middle", tokenizer=tok)
+    train = tokenize_conversation(BUS, tok, "middle").input_ids
+    assert train == prompt + tok.encode(" Red\n\n")
+    assert prompt.count(IMAGE_TOKEN_INDEX) == 1
+
+
+def test_inference_prompt_text_only_and_errors(tok):
+    prompt = build_inference_prompt("Hello", has_image=False, tokenizer=tok)
+    assert prompt == tok.encode("User: Hello\n\n") + ASSISTANT
+    with pytest.raises(ConversationError, match="has_image=False"):
+        build_inference_prompt("<image>\nHello", has_image=False, tokenizer=tok)
+    with pytest.raises(ConversationError, match="history item 0"):
+        build_inference_prompt([("q", 3), "next"], tokenizer=tok)
+    with pytest.raises(ConversationError, match="question 1 is empty"):
+        build_inference_prompt([("q", "a"), " "], tokenizer=tok)
+    with pytest.raises(ConversationError, match="list of"):
+        build_inference_prompt([("q", "a")], tokenizer=tok)
+
+
+def test_inference_prompt_puts_image_in_first_question(tok):
+    prompt = build_inference_prompt([("What is it?", "A bus"), "Colour?"], "first", tokenizer=tok)
+    assert tok.decode([t for t in prompt if t != IMAGE_TOKEN_INDEX]) == (
+        "User: \nWhat is it?\n\nAssistant: A bus\n\nUser: Colour?\n\nAssistant:"
+    )
+    assert prompt.index(IMAGE_TOKEN_INDEX) == len(tok.encode("User: "))
