@@ -12,6 +12,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "visualrwkv.convert",
     "visualrwkv.bench.cli",
 ]
 
