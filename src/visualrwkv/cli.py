@@ -12,7 +12,10 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "visualrwkv.data.cli",
+    "visualrwkv.train.cli",
     "visualrwkv.convert",
+    "visualrwkv.eval.cli",
     "visualrwkv.bench.cli",
 ]
 
@@ -27,7 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides"):  # only commands that take --key value overrides accept unknown flags
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(getattr(args, "overrides") or []) + extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -176,9 +176,9 @@ class VisualRWKV(nn.Module):
         return SplicedBatch(embeds, label_tensor.to(self.device) if labels is not None else None, row_spans, lengths)
 
     # ---- the layer-wise forward -------------------------------------------------------------
-    def forward_embeds(self, x: Tensor, spans: list[list[ImageSpan]], state: RWKVState | None = None,
-                       logits: str = "all") -> tuple[Tensor | None, RWKVState]:
-        """The LM over spliced embeddings [B, T, C], each layer reading the image spans in its scan order."""
+    def hidden_states(self, x: Tensor, spans: list[list[ImageSpan]], state: RWKVState | None = None):
+        """The blocks over spliced embeddings [B, T, C], each layer reading the image spans in its
+        scan order; returns (final hidden states [B, T, C], state)."""
         T = x.shape[1]
         orders: dict[tuple[bool, bool], tuple[Tensor | None, Tensor | None]] = {}
         layers = []
@@ -191,7 +191,12 @@ class VisualRWKV(nn.Module):
             h, layer_state = self.rwkv.run_block(block, permute(x, index), state.layer(i) if state is not None else None)
             x = permute(h, undo)
             layers.append(layer_state)
-        return self.rwkv.project(x, logits), RWKVState.from_layers(layers)
+        return x, RWKVState.from_layers(layers)
+
+    def forward_embeds(self, x: Tensor, spans: list[list[ImageSpan]], state: RWKVState | None = None,
+                       logits: str = "all") -> tuple[Tensor | None, RWKVState]:
+        hidden, state = self.hidden_states(x, spans, state)
+        return self.rwkv.project(hidden, logits), state
 
     def forward(self, input_ids: Sequence[Sequence[int]], pixel_values: Sequence[Tensor],
                 labels: Sequence[Sequence[int]] | None = None, ctx_len: int | None = None):

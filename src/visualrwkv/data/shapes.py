@@ -1,0 +1,388 @@
+"""The synthetic "shapes" dataset: small images of 1–3 colored shapes with captions and questions.
+
+It trains the tiny model that ships with the repo, so every answer must be recoverable from the
+pixels alone: each (color, shape) pair occurs at most once per scene, so "the red circle" always
+names one object; shapes never overlap; a question about a relation is only asked when the two
+bounding boxes are clearly apart on the axis asked. Output is LLaVA conversation JSON (SPEC §8.4):
+stage1.json (captions), stage2.json (one question per row) and test.json (held-out images).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from visualrwkv.utils import atomic_write
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 38, 38),
+    "green": (34, 150, 60),
+    "blue": (38, 84, 220),
+    "yellow": (232, 196, 20),
+    "purple": (135, 55, 185),
+    "orange": (245, 128, 24),
+}
+KINDS = ("circle", "square", "triangle")
+QUESTION_TYPES = ("color", "shape", "count", "position", "existence")
+ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
+
+# geometry, as fractions of the image side
+MIN_HALF, MAX_HALF = 0.11, 0.16  # half the side of a shape's bounding square: 14–20 px at 64 px
+BORDER = 0.03  # shapes stay this far from the image edge
+SEPARATION = 0.06  # every two shapes are at least this far apart on the x or y axis (~4 px at 64 px)
+SIDE_MARGIN = 0.02  # "left half" means the whole shape is at least this far left of the middle
+SUPERSAMPLE = 4  # draw larger and downscale, for anti-aliased edges
+
+COLOR_QUESTIONS = ("What color is the {}?", "What is the color of the {}?", "Which color is the {}?")
+SHAPE_QUESTIONS = ("What shape is the {} object?", "What is the shape of the {} object?", "Which shape is {}?")
+COUNT_ALL_QUESTIONS = ("How many shapes are there?", "How many shapes are in the image?", "How many objects are there?")
+EXISTENCE_QUESTIONS = ("Is there {}?", "Is there {} in the image?", "Does the image contain {}?")
+LEFT_RIGHT_QUESTIONS = (
+    "Which side of the image is the {} on, left or right?",
+    "Is the {} on the left or right side of the image?",
+)
+TOP_BOTTOM_QUESTIONS = (
+    "Is the {} in the top or bottom half of the image?",
+    "Is the {} near the top or the bottom of the image?",
+)
+CAPTION_REQUESTS = (
+    "Describe the image briefly.",
+    "What shapes are in this image?",
+    "Give a short caption for this picture.",
+    "List the objects in the image.",
+    "Write a brief description of the image.",
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    kind: str
+    color: str
+    x: float  # centre; 0 = left edge, 1 = right edge
+    y: float  # centre; 0 = top edge, 1 = bottom edge
+    half: float  # half the side of the bounding square
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.kind}"
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """(left, top, right, bottom)."""
+        return (self.x - self.half, self.y - self.half, self.x + self.half, self.y + self.half)
+
+
+@dataclass(frozen=True)
+class Scene:
+    shapes: tuple[Shape, ...]
+    background: tuple[int, int, int]
+
+    def to_dict(self) -> dict:
+        return {"background": list(self.background), "shapes": [asdict(s) for s in self.shapes]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scene":
+        return cls(tuple(Shape(**s) for s in d["shapes"]), tuple(d["background"]))
+
+
+def apart_on_axis(a: Shape, b: Shape, axis: str) -> int:
+    """-1 if a's box ends SEPARATION before b's starts on `axis` ("x" or "y"), +1 if after, else 0."""
+    lo, hi = (0, 2) if axis == "x" else (1, 3)
+    if a.box[hi] + SEPARATION <= b.box[lo]:
+        return -1
+    if b.box[hi] + SEPARATION <= a.box[lo]:
+        return 1
+    return 0
+
+
+def half_of_image(shape: Shape, axis: str) -> int:
+    """-1 if the whole shape lies in the left (top) half, +1 right (bottom) half, 0 if it straddles."""
+    lo, hi = (0, 2) if axis == "x" else (1, 3)
+    if shape.box[hi] <= 0.5 - SIDE_MARGIN:
+        return -1
+    if shape.box[lo] >= 0.5 + SIDE_MARGIN:
+        return 1
+    return 0
+
+
+def random_scene(rng: np.random.Generator, num_shapes: int | None = None) -> Scene:
+    """1–3 shapes with distinct (color, kind), no two overlapping, on a light background."""
+    if num_shapes is None:
+        num_shapes = int(rng.integers(1, 4))
+    if not 1 <= num_shapes <= 3:
+        raise ValueError(f"num_shapes must be 1, 2 or 3, got {num_shapes}")
+    pairs = [(c, k) for c in COLORS for k in KINDS]
+    chosen = [pairs[i] for i in rng.choice(len(pairs), size=num_shapes, replace=False)]
+    background = tuple(int(v) for v in rng.integers(218, 251, size=3))
+    while True:  # placing 3 small shapes rarely needs more than a few tries
+        shapes: list[Shape] = []
+        for color, kind in chosen:
+            for _ in range(50):
+                half = float(rng.uniform(MIN_HALF, MAX_HALF))
+                x, y = rng.uniform(half + BORDER, 1 - half - BORDER, size=2)
+                cand = Shape(kind, color, float(x), float(y), half)
+                if all(apart_on_axis(cand, s, "x") or apart_on_axis(cand, s, "y") for s in shapes):
+                    shapes.append(cand)
+                    break
+            else:
+                break
+        if len(shapes) == num_shapes:
+            return Scene(tuple(shapes), background)
+
+
+def render_scene(scene: Scene, image_size: int = 64) -> Image.Image:
+    size = image_size * SUPERSAMPLE
+    img = Image.new("RGB", (size, size), scene.background)
+    draw = ImageDraw.Draw(img)
+    for s in scene.shapes:
+        left, top, right, bottom = (v * size for v in s.box)
+        fill = COLORS[s.color]
+        if s.kind == "circle":
+            draw.ellipse((left, top, right, bottom), fill=fill)
+        elif s.kind == "square":
+            draw.rectangle((left, top, right, bottom), fill=fill)
+        elif s.kind == "triangle":
+            draw.polygon([((left + right) / 2, top), (left, bottom), (right, bottom)], fill=fill)
+        else:
+            raise ValueError(f"unknown shape kind {s.kind!r}")
+    return img.resize((image_size, image_size), Image.Resampling.BOX)
+
+
+# ---------------------------------------------------------------- language
+
+
+def with_article(words: str) -> str:
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+def caption(scene: Scene) -> str:
+    """"A red circle, a blue square and a green triangle.": shapes listed from left to right."""
+    names = [with_article(s.name) for s in sorted(scene.shapes, key=lambda s: s.x)]
+    text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return text[0].upper() + text[1:] + "."
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+    question_type: str
+
+
+def _pick(rng: np.random.Generator, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def _yes_no(flag: bool) -> str:
+    return "Yes" if flag else "No"
+
+
+def ask_color(scene: Scene, rng, want_yes: bool) -> QA | None:
+    kinds = [s.kind for s in scene.shapes]
+    unique = [s for s in scene.shapes if kinds.count(s.kind) == 1]
+    if not unique:
+        return None
+    s = _pick(rng, unique)
+    return QA(_pick(rng, COLOR_QUESTIONS).format(s.kind), s.color.capitalize(), "color")
+
+
+def ask_shape(scene: Scene, rng, want_yes: bool) -> QA | None:
+    colors = [s.color for s in scene.shapes]
+    unique = [s for s in scene.shapes if colors.count(s.color) == 1]
+    if not unique:
+        return None
+    s = _pick(rng, unique)
+    return QA(_pick(rng, SHAPE_QUESTIONS).format(s.color), s.kind.capitalize(), "shape")
+
+
+def ask_count(scene: Scene, rng, want_yes: bool) -> QA:
+    roll = rng.random()
+    if roll < 0.4:
+        question, n = _pick(rng, COUNT_ALL_QUESTIONS), len(scene.shapes)
+    elif roll < 0.7:
+        kind = _pick(rng, KINDS)
+        question, n = f"How many {kind}s are there?", sum(s.kind == kind for s in scene.shapes)
+    else:
+        # a color that is present, most of the time, so "0" does not dominate
+        color = _pick(rng, [s.color for s in scene.shapes] if rng.random() < 0.75 else list(COLORS))
+        question, n = f"How many {color} shapes are there?", sum(s.color == color for s in scene.shapes)
+    return QA(question, str(n), "count")
+
+
+def ask_existence(scene: Scene, rng, want_yes: bool) -> QA:
+    present = {(s.color, s.kind) for s in scene.shapes}
+    if want_yes:
+        color, kind = _pick(rng, sorted(present))
+    else:
+        absent = [(c, k) for c in COLORS for k in KINDS if (c, k) not in present]
+        # hard negatives share a color or a kind with a present shape, so binding is what is tested
+        hard = [p for p in absent if any(p[0] == c or p[1] == k for c, k in present)]
+        color, kind = _pick(rng, hard if hard and rng.random() < 0.6 else absent)
+    return QA(_pick(rng, EXISTENCE_QUESTIONS).format(with_article(f"{color} {kind}")), _yes_no(want_yes), "existence")
+
+
+RELATION_WORDS = {("x", -1): "left of", ("x", 1): "right of", ("y", -1): "above", ("y", 1): "below"}
+
+
+def ask_position(scene: Scene, rng, want_yes: bool) -> QA | None:
+    pairs = [
+        (a, b, axis, side)
+        for a in scene.shapes
+        for b in scene.shapes
+        if a is not b
+        for axis in ("x", "y")
+        if (side := apart_on_axis(a, b, axis))
+    ]
+    sides = [(s, axis, h) for s in scene.shapes for axis in ("x", "y") if (h := half_of_image(s, axis))]
+    if pairs and (not sides or rng.random() < 0.6):
+        a, b, axis, side = _pick(rng, pairs)
+        # a "No" uses the opposite relation on the same, clearly separated axis: never a borderline case
+        relation = RELATION_WORDS[(axis, side if want_yes else -side)]
+        if relation in ("left of", "right of") and rng.random() < 0.5:
+            relation = "to the " + relation
+        return QA(f"Is the {a.name} {relation} the {b.name}?", _yes_no(want_yes), "position")
+    if sides:
+        s, axis, half = _pick(rng, sides)
+        if axis == "x":
+            template = _pick(rng, LEFT_RIGHT_QUESTIONS)
+            answer = "Left" if half < 0 else "Right"
+        else:
+            template = _pick(rng, TOP_BOTTOM_QUESTIONS)
+            answer = "Top" if half < 0 else "Bottom"
+        return QA(template.format(s.name), answer, "position")
+    return None
+
+
+ASKERS = {
+    "color": ask_color,
+    "shape": ask_shape,
+    "count": ask_count,
+    "position": ask_position,
+    "existence": ask_existence,
+}
+
+
+class QuestionBalancer:
+    """Chooses question types and yes/no answers so that both stay balanced over a split.
+
+    Per image, types are tried least-used first; a yes/no question asks for whichever answer its
+    type has given less often. Types a scene cannot support are skipped, so counts differ by at
+    most a little.
+    """
+
+    def __init__(self) -> None:
+        self.type_counts = {t: 0 for t in QUESTION_TYPES}
+        self.yes_no = {t: {"Yes": 0, "No": 0} for t in QUESTION_TYPES}
+
+    def questions(self, scene: Scene, rng: np.random.Generator, n: int) -> list[QA]:
+        order = sorted(QUESTION_TYPES, key=lambda t: (self.type_counts[t], rng.random()))
+        out: list[QA] = []
+        for qtype in order:
+            if len(out) == n:
+                break
+            yn = self.yes_no[qtype]
+            want_yes = yn["Yes"] < yn["No"] or (yn["Yes"] == yn["No"] and rng.random() < 0.5)
+            qa = ASKERS[qtype](scene, rng, want_yes)
+            if qa is None:
+                continue
+            out.append(qa)
+            self.type_counts[qtype] += 1
+            if qa.answer in yn:
+                yn[qa.answer] += 1
+        return out
+
+
+# ---------------------------------------------------------------- dataset files
+
+
+def _conversation(human: str, gpt: str) -> list[dict]:
+    return [{"from": "human", "value": "<image>\n" + human}, {"from": "gpt", "value": gpt}]
+
+
+def _scene_signature(scene: Scene, image_size: int) -> tuple:
+    """What makes two rendered images identical in practice: the same shapes at the same pixels."""
+    pixels = lambda v: round(v * image_size)  # noqa: E731
+    return tuple(sorted((s.kind, s.color, pixels(s.x), pixels(s.y), pixels(s.half)) for s in scene.shapes))
+
+
+def _write_json(path: Path, data) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=1, ensure_ascii=False)
+
+
+def generate_shapes_dataset(
+    out_dir,
+    *,
+    num_train_images: int,
+    num_test_images: int,
+    image_size: int = 64,
+    seed: int = 0,
+    questions_per_image: int = 3,
+) -> dict:
+    """Write images and LLaVA JSON under `out_dir`; `image` paths are relative to `out_dir`.
+
+    Train images feed stage1.json (one caption each) and stage2.json (`questions_per_image` rows
+    each, distinct question types). test.json asks the same kinds of questions about other images,
+    drawn from an independent random stream and checked to differ from every training scene.
+    scenes.json keeps the scene of every image, for checking answers.
+    """
+    integer_args = (("num_train_images", num_train_images, 1), ("num_test_images", num_test_images, 0), ("seed", seed, 0))
+    for name, value, low in integer_args:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(image_size, int) or not 32 <= image_size <= 1024:
+        raise ValueError(f"image_size must be an integer in [32, 1024], got {image_size!r}")
+    max_questions = len(QUESTION_TYPES)
+    if not isinstance(questions_per_image, int) or not 1 <= questions_per_image <= max_questions:
+        raise ValueError(
+            f"questions_per_image must be an integer in [1, {max_questions}], got {questions_per_image!r}"
+        )
+
+    out = Path(out_dir)
+    scenes: dict[str, dict] = {}
+    stage1, stage2, test = [], [], []
+    train_signatures: set[tuple] = set()
+
+    for split, count in (("train", num_train_images), ("test", num_test_images)):
+        rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+        balancer = QuestionBalancer()
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            scene = random_scene(rng)
+            signature = _scene_signature(scene, image_size)
+            while split == "test" and signature in train_signatures:
+                scene = random_scene(rng)
+                signature = _scene_signature(scene, image_size)
+            if split == "train":
+                train_signatures.add(signature)
+            image = f"images/{split}/{index:06d}.png"
+            render_scene(scene, image_size).save(out / image, compress_level=1)
+            scenes[image] = scene.to_dict()
+            base_id = f"shapes_{split}_{index:06d}"
+            if split == "train":
+                turns = _conversation(_pick(rng, CAPTION_REQUESTS), caption(scene))
+                stage1.append({"id": base_id, "image": image, "conversations": turns})
+            rows = stage2 if split == "train" else test
+            for q, qa in enumerate(balancer.questions(scene, rng, questions_per_image)):
+                turns = _conversation(qa.question + ANSWER_SUFFIX, qa.answer)
+                rows.append({"id": f"{base_id}_q{q}", "image": image, "question_type": qa.question_type,
+                             "conversations": turns})
+
+    paths = {name: out / f"{name}.json" for name in ("stage1", "stage2", "test", "scenes")}
+    _write_json(paths["stage1"], stage1)
+    _write_json(paths["stage2"], stage2)
+    _write_json(paths["test"], test)
+    _write_json(paths["scenes"], {"seed": seed, "image_size": image_size, "scenes": scenes})
+    return {
+        **{name: str(p) for name, p in paths.items()},
+        "image_folder": str(out),
+        "num_train_images": num_train_images,
+        "num_test_images": num_test_images,
+        "num_stage1": len(stage1),
+        "num_stage2": len(stage2),
+        "num_test": len(test),
+    }

@@ -1,0 +1,35 @@
+"""`visualrwkv train --config FILE|PRESET [--key value ...]`.
+
+Presets: stage1 / stage2 (the paper's v6.0 recipe; set --data, --image-root and --init or --init-lm)
+and tiny (the embedded default: generated shapes data, both stages from scratch on a CPU).
+Multi-GPU / multi-node: launch the same command with torchrun (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def run(args) -> int:
+    from .config import parse_overrides, resolve
+    from .trainer import Trainer
+
+    stages = resolve(args.config, parse_overrides(args.overrides), runs_dir=args.runs_dir)
+    previous = None
+    for i, cfg in enumerate(stages):
+        if len(stages) > 1:
+            print(f"== stage {i + 1}/{len(stages)}: {cfg.out_dir}")
+        if previous is not None and not cfg.init:
+            cfg.init, cfg.model = str(previous), {}
+        previous = Trainer(cfg).train()
+    print(f"model written to {previous}")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train VisualRWKV (two-stage recipe; torchrun for many GPUs)",
+                              description=__doc__)
+    p.add_argument("--config", required=True, help="a preset (stage1, stage2, tiny) or a JSON config file")
+    p.add_argument("--runs-dir", default=os.environ.get("VISUALRWKV_RUNS", "runs"),
+                   help="where presets put their data and outputs (default: runs)")
+    p.set_defaults(func=run, overrides=[])  # any other --key value overrides a training option

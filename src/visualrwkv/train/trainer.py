@@ -1,0 +1,371 @@
+"""The training loop: one process or many under torchrun (DDP by default, FSDP to shard).
+
+The loss is the sample-level mean (SPEC §7.6) over every sample of the global batch: each rank sums
+its per-sample losses and divides by the global sample count of the optimizer step, so the
+gradient is the same whatever the world size or the accumulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..constants import IGNORE_INDEX
+from ..model import VisualRWKV, VisualRWKVConfig
+from ..rwkv.checkpoint import load_rwkv
+from ..utils import atomic_write
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+
+
+class L2Wrap(torch.autograd.Function):
+    """Identity on the loss; in backward also pushes each position's largest logit towards 0 (SPEC §2.5).
+
+    The official term is 1e-4 · max / (B·T) per micro-batch, which changes with the micro-batch size;
+    here each position gets 1e-4 · max times its weight in the loss (1 / its row's label count × the
+    global-batch scale), so the term too is the same whatever the world size or accumulation.
+    """
+
+    @staticmethod
+    def forward(ctx, loss, logits, weights):
+        ctx.save_for_backward(logits, weights)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, weights = ctx.saved_tensors
+        top, index = logits.max(dim=-1, keepdim=True)
+        grad = torch.zeros_like(logits).scatter_(-1, index, top * (1e-4 * weights[:, None]))
+        return grad_output, grad, None
+
+
+class TrainingStep(nn.Module):
+    """Wraps the model so that DDP/FSDP see one forward that returns per-sample losses."""
+
+    def __init__(self, model: VisualRWKV, l2wrap: bool):
+        super().__init__()
+        self.model = model
+        self.l2wrap = l2wrap
+
+    def forward(self, input_ids, pixel_values, labels, ctx_len: int, loss_scale: float = 1.0) -> Tensor:
+        """Per-sample mean cross-entropy [B]; `loss_scale` is the factor the caller applies to their sum."""
+        model = self.model
+        counts = [len(p) for p in pixel_values]
+        if sum(counts):
+            embeds = model.encode_images(torch.cat(list(pixel_values))).split(counts)
+        else:
+            embeds = [torch.zeros(0, model.vit.num_tokens, model.config.rwkv.n_embd, device=model.device)] * len(counts)
+        batch = model.splice(input_ids, embeds, labels, ctx_len)
+        hidden, _ = model.hidden_states(batch.embeds, batch.spans)
+        targets = batch.labels[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        per_row = supervised.sum(dim=1).clamp(min=1)
+        rows = supervised.nonzero()[:, 0]
+        # logits only where a label is: the [B, T, 65536] tensor would dominate time and memory
+        logits = model.rwkv.project(hidden[:, :-1][supervised]).float()
+        ce = F.cross_entropy(logits, targets[supervised], reduction="none")
+        if self.l2wrap and logits.requires_grad:
+            ce = L2Wrap.apply(ce, logits, loss_scale / per_row[rows].float())
+        per_sample = torch.zeros(len(input_ids), device=ce.device).index_add(0, rows, ce)
+        return per_sample / per_row
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine from lr to lr_final over the remaining steps."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (0.1 + 0.9 * step / cfg.warmup_steps)
+    if cfg.lr == cfg.lr_final:
+        return cfg.lr
+    progress = min(1.0, max(0.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))
+    return cfg.lr_final + (cfg.lr - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> tuple[DistInfo, torch.device]:
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return DistInfo(), torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(info.local_rank)
+        device = torch.device("cuda", info.local_rank)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return info, device
+
+
+def build_model(cfg: TrainConfig, device) -> VisualRWKV:
+    if cfg.init:
+        model = VisualRWKV.from_pretrained(cfg.init)
+    else:
+        if not cfg.model:
+            raise ValueError("set `init` (a model to start from) or `model` (the config of a new one)")
+        model = VisualRWKV(VisualRWKVConfig.from_dict(dict(cfg.model)))
+        if cfg.init_lm:
+            lm = load_rwkv(cfg.init_lm)
+            if lm.config != model.config.rwkv:
+                raise ValueError(f"init_lm {cfg.init_lm} is {lm.config}, the model config says {model.config.rwkv}")
+            model.rwkv.load_state_dict(lm.state_dict(), strict=True)
+    return model.to(device)
+
+
+def apply_freezing(model: nn.Module, patterns: list[str]) -> list[str]:
+    """requires_grad = name matches a pattern; returns the trained names (an error if none)."""
+    trained = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(any(fnmatch.fnmatchcase(name, pat) for pat in patterns))
+        if p.requires_grad:
+            trained.append(name)
+    if not trained:
+        raise ValueError(f"trainable patterns {patterns} match no parameter")
+    if hasattr(model, "vit"):
+        model.vit.trainable = any(n.startswith("vit.") for n in trained)
+    return trained
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, log=print):
+        from ..data.llava import LlavaDataset, collate
+        from ..data.sampler import EpochSampler
+
+        self.cfg = cfg
+        self.dist, self.device = init_distributed()
+        self.log = log if self.dist.is_main else (lambda *a, **k: None)
+        torch.manual_seed(cfg.seed)
+        prepare_data(cfg)
+        self.model = build_model(cfg, self.device)
+        self.trained_names = apply_freezing(self.model, cfg.trainable)
+        self.model.rwkv.gradient_checkpointing = cfg.grad_checkpointing
+
+        image_root = cfg.image_root or str(Path(cfg.data).parent)
+        self.dataset = LlavaDataset(cfg.data, image_root, tokenizer=self.model.tokenizer,
+                                    image_position=cfg.image_position, ctx_len=cfg.ctx_len,
+                                    tokens_per_image=self.model.vit.num_tokens, max_rounds=cfg.max_rounds or None,
+                                    skip_bad_rows=cfg.skip_bad_rows, preprocess=self.model.vit.preprocess)
+        self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed, rank=self.dist.rank,
+                                    world_size=self.dist.world_size,
+                                    lengths=self.dataset.approx_lengths() if cfg.length_grouping else None,
+                                    batch_size=cfg.micro_batch_size)
+        self.loader_kwargs = dict(batch_size=cfg.micro_batch_size, collate_fn=collate, num_workers=cfg.num_workers,
+                                  drop_last=False)
+        self.global_batch = cfg.micro_batch_size * cfg.grad_accum * self.dist.world_size
+        steps_per_epoch = max(1, math.ceil(len(self.sampler.shard(0)) / (cfg.micro_batch_size * cfg.grad_accum)))
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        self.step_module = self._wrap(TrainingStep(self.model, cfg.l2wrap))
+        params = [p for p in self.step_module.parameters() if p.requires_grad]
+        decay = [p for p in params if p.squeeze().dim() >= 2]
+        no_decay = [p for p in params if p.squeeze().dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+        self.step = 0
+        self.samples_seen = 0
+        self.epoch = 0
+        self.consumed = 0  # samples of the current epoch's shard already trained on (this rank)
+        self.out_dir = Path(cfg.out_dir)
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self._resume()
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if self.dist.world_size == 1:
+            return module
+        if self.cfg.distributed == "fsdp":
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+            from ..rwkv.model import Block
+
+            return FSDP(module, auto_wrap_policy=ModuleWrapPolicy({Block}), use_orig_params=True,
+                        device_id=self.device if self.device.type == "cuda" else None)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                   find_unused_parameters=True)
+
+    # ---- resume ---------------------------------------------------------------------------
+    def _resume(self) -> None:
+        found = latest_checkpoint(self.out_dir)
+        if found is None:
+            return
+        weights, state = load_checkpoint(found)
+        named = dict(self.model.named_parameters())
+        missing = set(self.trained_names) - set(weights)
+        if missing:
+            raise ValueError(f"{found}: checkpoint lacks trained parameters {sorted(missing)[:5]}: "
+                             "was it written with other `trainable` patterns?")
+        with torch.no_grad():
+            for name, value in weights.items():
+                named[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.consumed, self.samples_seen = state["consumed"], state["samples_seen"]
+        torch.set_rng_state(state["torch_rng"])
+        self.log(f"resumed from {found} (step {self.step}, epoch {self.epoch}, {self.consumed} samples into it)")
+
+    def _save(self) -> None:
+        if self.dist.world_size > 1 and self.cfg.distributed == "fsdp":
+            raise NotImplementedError("periodic checkpoints under FSDP are gathered by save_final only")
+        if not self.dist.is_main:
+            return
+        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "epoch": self.epoch,
+                 "consumed": self.consumed, "samples_seen": self.samples_seen, "torch_rng": torch.get_rng_state()}
+        save_checkpoint(self.out_dir, self.step, trainable, state, self.cfg.to_dict(), self.cfg.keep_last)
+
+    # ---- the loop -------------------------------------------------------------------------
+    def _batches(self):
+        """(micro-batch, epoch, position in the epoch after it) from the resume point on, across epochs."""
+        from torch.utils.data import DataLoader
+
+        epoch, position = self.epoch, self.consumed
+        while True:
+            order = self.sampler.shard(epoch)[position:]
+            loader = DataLoader(self.dataset, sampler=order.tolist(), **self.loader_kwargs)
+            for batch in loader:
+                position += len(batch["ids"])
+                yield batch, epoch, position
+            epoch, position = epoch + 1, 0
+
+    def train(self) -> Path:
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            with atomic_write(self.out_dir / "train_config.json", "w") as f:
+                json.dump(cfg.to_dict(), f, indent=2)
+        self.step_module.train()
+        batches = self._batches()
+        progress = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self.total_steps, initial=self.step, desc=Path(cfg.out_dir).name, dynamic_ncols=True)
+        writer = _tensorboard(self.out_dir) if cfg.tensorboard and self.dist.is_main else None
+        t_start, tokens = time.perf_counter(), 0
+        while self.step < self.total_steps:
+            lr = lr_at(self.step, self.total_steps, cfg)
+            for group in self.optimizer.param_groups:  # every group, decayed or not (SPEC §8.3 quirk 1)
+                group["lr"] = lr
+            fetched = [next(batches) for _ in range(cfg.grad_accum)]
+            micro = [b for b, _, _ in fetched]
+            local = sum(len(b["ids"]) for b in micro)
+            total = torch.tensor([local], dtype=torch.float64)
+            if self.dist.world_size > 1:
+                dist.all_reduce(total)
+            total = float(total.item())
+            loss_sum = 0.0
+            for i, batch in enumerate(micro):
+                sync = i == len(micro) - 1 or self.dist.world_size == 1
+                context = contextlib.nullcontext() if sync or not hasattr(self.step_module, "no_sync") \
+                    else self.step_module.no_sync()
+                with context, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+                    # × world size: DDP averages gradients over ranks, we want the global-batch mean
+                    scale = self.dist.world_size / total
+                    per_sample = self.step_module(*self._inputs(batch), ctx_len=cfg.ctx_len, loss_scale=scale)
+                    loss = per_sample.sum() * scale
+                loss.backward()
+                loss_sum += per_sample.detach().sum().item()
+                tokens += int(batch["lengths"].sum())
+            _, self.epoch, self.consumed = fetched[-1]
+            grad_norm = None
+            if cfg.grad_clip > 0:
+                params = [p for p in self.step_module.parameters() if p.grad is not None]
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.samples_seen += int(total)
+            mean_loss = loss_sum / local
+            if progress is not None:
+                elapsed = time.perf_counter() - t_start
+                progress.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / elapsed:.0f}")
+                progress.update(1)
+            if self.dist.is_main and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
+                record = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
+                          "samples": self.samples_seen, "elapsed_s": time.perf_counter() - t_start}
+                with open(self.metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    writer.add_scalar("loss", mean_loss, self.step)
+                    writer.add_scalar("lr", lr, self.step)
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < self.total_steps:
+                self._save()
+        if progress is not None:
+            progress.close()
+        report = self.dataset.skip_report()
+        if report:
+            self.log(report)
+        return self.save_final()
+
+    def _inputs(self, batch):
+        ids = [row[:n].tolist() for row, n in zip(batch["input_ids"], batch["lengths"].tolist())]
+        labels = [row[:n].tolist() for row, n in zip(batch["labels"], batch["lengths"].tolist())]
+        pixels = [torch.stack(images) if images else torch.zeros(0, *self.model.vit.pixel_shape)
+                  for images in batch["images"]]
+        return ids, pixels, labels
+
+    def save_final(self) -> Path:
+        """The whole model in the `from_pretrained` format, plus a last resumable checkpoint."""
+        final = self.out_dir / "final"
+        if self.dist.world_size > 1 and self.cfg.distributed == "fsdp":
+            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            with FSDP.state_dict_type(self.step_module, StateDictType.FULL_STATE_DICT,
+                                      FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
+                full = self.step_module.state_dict()
+            if self.dist.is_main:
+                self.model.load_state_dict({k[len("model."):]: v for k, v in full.items()}, strict=False)
+        else:
+            self._save()
+        if self.dist.is_main:
+            self.model.save_pretrained(final)
+            with atomic_write(final / "train_config.json", "w") as f:
+                json.dump(self.cfg.to_dict(), f, indent=2)
+        if self.dist.world_size > 1:
+            dist.barrier()
+        return final
+
+
+def _tensorboard(out_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ValueError("tensorboard=True needs the tensorboard package (pip install tensorboard)") from e
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def prepare_data(cfg: TrainConfig) -> None:
+    """Generate the synthetic shapes dataset when a preset asks for it and it is not there yet."""
+    if cfg.prepare != "shapes" or Path(cfg.data).is_file():
+        return
+    from ..data.shapes import generate_shapes_dataset
+
+    out = Path(cfg.data).parent
+    if int(os.environ.get("RANK", "0")) == 0:
+        generate_shapes_dataset(out, num_train_images=cfg.prepare_images, num_test_images=max(200, cfg.prepare_images // 10))
+    else:
+        while not Path(cfg.data).is_file():
+            time.sleep(0.5)

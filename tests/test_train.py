@@ -1,0 +1,176 @@
+"""Training: freezing per stage, learning, DDP equivalence, crash-resume, bad rows."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from visualrwkv.data.shapes import generate_shapes_dataset
+from visualrwkv.model import VisualRWKV, VisualRWKVConfig
+from visualrwkv.train.config import TrainConfig, presets, resolve
+from visualrwkv.train.trainer import Trainer, apply_freezing, lr_at
+
+MODEL = {
+    "rwkv": {"n_embd": 64, "n_layer": 2, "vocab_size": 65536},
+    "vision": {"kind": "tiny", "tiny": {"image_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 1,
+                                         "num_heads": 2}},
+    "ctx_len": 128,
+}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    generate_shapes_dataset(out, num_train_images=12, num_test_images=2, image_size=32, seed=1)
+    return out
+
+
+def config(shapes, out_dir, **kw) -> TrainConfig:
+    base = dict(data=str(shapes / "stage2.json"), model=MODEL, ctx_len=128, micro_batch_size=4, max_steps=4,
+                lr=3e-3, lr_final=3e-3, l2wrap=True, progress=False, length_grouping=False, out_dir=str(out_dir),
+                trainable=["rwkv.blocks.*", "rwkv.ln_out.*", "rwkv.head.*", "proj.*", "vit.*"])
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def final_params(out_dir) -> dict:
+    return load_file(str(Path(out_dir) / "final" / "model.safetensors"))
+
+
+def test_stage_presets_freeze_exactly_what_the_recipe_says():
+    model = VisualRWKV(VisualRWKVConfig.from_dict(MODEL))
+    stage1, stage2 = presets()["stage1"][0], presets()["stage2"][0]
+    trained = apply_freezing(model, stage1["trainable"])
+    assert trained == ["proj.weight"]
+    assert not model.vit.trainable
+    trained = set(apply_freezing(model, stage2["trainable"]))
+    names = {n for n, _ in model.named_parameters()}
+    frozen = names - trained
+    assert frozen == {n for n in names if n.startswith("vit.") or n == "rwkv.emb.weight"}
+    assert {"rwkv.head.weight", "rwkv.ln_out.weight", "proj.weight", "rwkv.blocks.1.att.key.weight"} <= trained
+    with pytest.raises(ValueError, match="match no parameter"):
+        apply_freezing(model, ["nothing.*"])
+
+
+def test_presets_resolve_and_overrides_are_typed(tmp_path):
+    stages = resolve("tiny", {"lr": "1e-3", "trainable": "proj.*,vit.*", "l2wrap": "true"}, runs_dir=str(tmp_path))
+    assert len(stages) == 2 and stages[0].lr == 1e-3 and stages[1].trainable == ["proj.*", "vit.*"]
+    assert stages[0].image_position == "first" and stages[1].image_position == "middle"
+    with pytest.raises(ValueError, match="unknown training options"):
+        resolve("tiny", {"learning_rate": "1"})
+    with pytest.raises(ValueError, match="neither a preset"):
+        resolve("no-such-preset", {})
+
+
+def test_lr_schedule_warmup_cosine():
+    cfg = TrainConfig(lr=1e-3, lr_final=1e-5, warmup_steps=10)
+    assert lr_at(0, 110, cfg) == pytest.approx(1e-4)
+    assert lr_at(10, 110, cfg) == pytest.approx(1e-3)
+    assert lr_at(60, 110, cfg) == pytest.approx((1e-3 + 1e-5) / 2)
+    assert lr_at(110, 110, cfg) == pytest.approx(1e-5)
+
+
+def test_loss_falls_when_overfitting(shapes, tmp_path):
+    cfg = config(shapes, tmp_path, max_steps=25, micro_batch_size=4, lr=3e-3, lr_final=3e-3, warmup_steps=0)
+    # a fixed tiny dataset: the first 4 rows only
+    rows = json.loads((shapes / "stage2.json").read_text())[:4]
+    (tmp_path / "four.json").write_text(json.dumps(rows))
+    cfg.data, cfg.image_root, cfg.log_every = str(tmp_path / "four.json"), str(shapes), 1
+    Trainer(cfg).train()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < 0.3 * losses[0]
+    model = VisualRWKV.from_pretrained(tmp_path / "final")  # the result loads with from_pretrained
+    assert model.config.rwkv.n_embd == 64
+
+
+def _ddp_worker(rank, world_size, port, cfg_dict):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    Trainer(TrainConfig.from_dict(cfg_dict)).train()
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Adam divides by sqrt(v) + eps: a parameter whose true gradient is 0 (e.g. an attention key bias)
+# gets float noise of ~1e-12 as gradient and, with eps = 1e-8, an update of ±lr·noise/noise. A
+# larger eps keeps such noise from being amplified, so equal gradients give equal parameters.
+EXACT = dict(adam_eps=1e-6)
+
+
+def test_two_process_ddp_equals_one_process_on_the_combined_batch(shapes, tmp_path):
+    torch.set_num_threads(1)
+    one = config(shapes, tmp_path / "one", micro_batch_size=4, max_steps=3, seed=3, **EXACT)
+    Trainer(one).train()
+    two = config(shapes, tmp_path / "two", micro_batch_size=2, max_steps=3, seed=3, **EXACT)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), two.to_dict()), nprocs=2, join=True)
+    a, b = final_params(tmp_path / "one"), final_params(tmp_path / "two")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    # and training did move the weights
+    start = VisualRWKV(VisualRWKVConfig.from_dict(MODEL))
+    changed = not torch.allclose(start.state_dict()["rwkv.head.weight"], a["rwkv.head.weight"])
+    assert changed
+
+
+def test_accumulation_equals_a_bigger_micro_batch(shapes, tmp_path):
+    Trainer(config(shapes, tmp_path / "big", micro_batch_size=4, max_steps=2, **EXACT)).train()
+    Trainer(config(shapes, tmp_path / "acc", micro_batch_size=2, grad_accum=2, max_steps=2, **EXACT)).train()
+    a, b = final_params(tmp_path / "big"), final_params(tmp_path / "acc")
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(shapes, tmp_path):
+    cfg = config(shapes, tmp_path / "killed", max_steps=8, save_every=2, keep_last=2)
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    cmd = [sys.executable, "-m", "visualrwkv.cli", "train", "--config", str(path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / "killed" / "step-00000004").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before its checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "final").exists()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stdout + done.stderr
+    Trainer(config(shapes, tmp_path / "straight", max_steps=8)).train()
+    a, b = final_params(tmp_path / "killed"), final_params(tmp_path / "straight")
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+    assert len([p for p in (tmp_path / "killed").iterdir() if p.name.startswith("step-")]) <= 2  # keep_last
+
+
+def test_bad_rows_error_or_are_skipped_and_counted(shapes, tmp_path):
+    rows = json.loads((shapes / "stage2.json").read_text())[:6]
+    rows[2]["image"] = "images/train/missing.png"
+    (tmp_path / "bad.json").write_text(json.dumps(rows))
+    cfg = config(shapes, tmp_path / "out", max_steps=1)
+    cfg.data, cfg.image_root = str(tmp_path / "bad.json"), str(shapes)
+    with pytest.raises(ValueError, match=r"bad.json\[2\].*missing"):
+        Trainer(cfg)
+    cfg.skip_bad_rows = True
+    messages = []
+    trainer = Trainer(cfg, log=messages.append)
+    assert len(trainer.dataset) == 5
+    trainer.train()
+    assert any("1" in m and "missing_image" in m for m in messages)
