@@ -112,11 +112,12 @@ def _free_port():
 EXACT = dict(adam_eps=1e-6)
 
 
-def test_two_process_ddp_equals_one_process_on_the_combined_batch(shapes, tmp_path):
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process_on_the_combined_batch(engine, shapes, tmp_path):
     torch.set_num_threads(1)
     one = config(shapes, tmp_path / "one", micro_batch_size=4, max_steps=3, seed=3, **EXACT)
     Trainer(one).train()
-    two = config(shapes, tmp_path / "two", micro_batch_size=2, max_steps=3, seed=3, **EXACT)
+    two = config(shapes, tmp_path / "two", micro_batch_size=2, max_steps=3, seed=3, distributed=engine, **EXACT)
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), two.to_dict()), nprocs=2, join=True)
     a, b = final_params(tmp_path / "one"), final_params(tmp_path / "two")
     assert a.keys() == b.keys()

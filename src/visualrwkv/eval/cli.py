@@ -13,6 +13,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="eval_command", metavar="<eval command>")
     parser.set_defaults(func=lambda args: _print_help(parser))
 
+    # `visualrwkv eval --task T --data DIR` is short for `visualrwkv eval run --task T --data DIR`
+    for target in (parser, sub.add_parser("run", help="answer a benchmark with a model (resumable) and score it")):
+        add_run_arguments(target, TASK_NAMES, required=target is not parser)
+        target.set_defaults(func=run_run)
+
     score = sub.add_parser("score", help="score a predictions JSONL against a benchmark folder")
     score.add_argument("--task", required=True, choices=TASK_NAMES)
     score.add_argument("--data", required=True, help="the benchmark folder (see `visualrwkv eval layout`)")
@@ -37,14 +42,66 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     submission.add_argument("--out", required=True, help="result JSON to write")
     submission.set_defaults(func=run_submission)
 
+    heldout = sub.add_parser("heldout", help="exact-match accuracy per question_type on a LLaVA-format QA file")
+    heldout.add_argument("--data", required=True, help="LLaVA JSON with one human and one gpt turn per row")
+    heldout.add_argument("--image-root", help="image paths are relative to this (default: the file's folder)")
+    heldout.add_argument("--model", help="model directory or checkpoint (default: the shipped tiny model)")
+    heldout.add_argument("--limit", type=int, help="only the first N rows")
+    heldout.add_argument("--out", help="also write the result as JSON to this file")
+    heldout.set_defaults(func=run_heldout)
+
     layout = sub.add_parser("layout", help="print the files each task expects under --data")
     layout.set_defaults(func=run_layout)
     return parser
 
 
+def add_run_arguments(p, task_names, required: bool) -> None:
+    p.add_argument("--task", required=required, choices=task_names)
+    p.add_argument("--data", required=required, help="the benchmark folder (see `visualrwkv eval layout`)")
+    p.add_argument("--model", help="model directory or checkpoint (default: the shipped tiny model)")
+    p.add_argument("--out", help="folder for predictions.jsonl and results.{md,json} (default: runs/eval/TASK)")
+    p.add_argument("--split", help="benchmark split (default: the task's first)")
+    p.add_argument("--variant", help="scorer variant (default: the task's first)")
+    p.add_argument("--prompt", help="prompt variant (textvqa: llava | none | before)")
+    p.add_argument("--limit", type=int, help="only the first N prompts (a partial, non-comparable score)")
+    p.add_argument("--batch-size", type=int, default=16, help="requests decoded together (default 16)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+
+
+def run_run(args) -> int:
+    from visualrwkv.eval.report import render_markdown
+    from visualrwkv.eval.run import run_eval
+
+    if not args.task or not args.data:
+        raise ValueError("eval needs --task and --data (or a sub-command: see `visualrwkv eval --help`)")
+    out = args.out or f"runs/eval/{args.task}"
+    result = run_eval(args.task, args.data, out, model_path=args.model, split=args.split, variant=args.variant,
+                      prompt=args.prompt, limit=args.limit, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens)
+    print(render_markdown([result]), end="")
+    print(f"predictions and results in {out}")
+    return 0
+
+
 def _print_help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
+
+
+def run_heldout(args) -> int:
+    import dataclasses
+    import json
+
+    from visualrwkv.engine.defaults import load_model
+    from visualrwkv.eval.heldout import evaluate_heldout
+    from visualrwkv.utils import atomic_write
+
+    result = evaluate_heldout(load_model(args.model), args.data, args.image_root, args.limit, progress=True)
+    print(result.markdown())
+    if args.out:
+        with atomic_write(args.out, "w") as f:
+            json.dump(dataclasses.asdict(result), f, indent=2)
+    return 0
 
 
 def run_score(args) -> int:

@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
 
     # output
+    eval_heldout: str = ""  # after training: exact-match accuracy per question_type on this LLaVA QA file
     out_dir: str = "runs/train"
     save_every: int = 0  # optimizer steps between checkpoints (0: only the final one)
     keep_last: int = 2
@@ -121,7 +122,8 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
             dict(data=os.path.join(tiny_data, "stage2.json"), prepare="shapes", image_position="middle",
                  ctx_len=256, trainable=["rwkv.blocks.*", "rwkv.ln_out.*", "rwkv.head.*", "proj.*", "vit.*"],
                  lr=2e-3, lr_final=1e-4, warmup_steps=20, micro_batch_size=32, grad_accum=1, epochs=2,
-                 l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage2"), log_every=20),
+                 l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage2"), log_every=20,
+                 eval_heldout=os.path.join(tiny_data, "test.json")),
         ],
     }
 

@@ -176,8 +176,9 @@ class Trainer:
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         self.step_module = self._wrap(TrainingStep(self.model, cfg.l2wrap))
         params = [p for p in self.step_module.parameters() if p.requires_grad]
-        decay = [p for p in params if p.squeeze().dim() >= 2]
-        no_decay = [p for p in params if p.squeeze().dim() < 2]
+        # matrices decay; vectors (squeezed rank < 2: norms, mixes, biases) do not (SPEC §8.3)
+        decay = [p for p in params if sum(d > 1 for d in p.shape) >= 2]
+        no_decay = [p for p in params if sum(d > 1 for d in p.shape) < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
@@ -193,47 +194,74 @@ class Trainer:
         if self.dist.world_size == 1:
             return module
         if self.cfg.distributed == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-            from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+            # FSDP2: each block is a unit (its parameters are gathered only while it runs); the rest
+            # (embedding, head, projector, vision tower) forms the root unit. Works with gloo on CPU.
+            from torch.distributed.fsdp import fully_shard
 
-            from ..rwkv.model import Block
-
-            return FSDP(module, auto_wrap_policy=ModuleWrapPolicy({Block}), use_orig_params=True,
-                        device_id=self.device if self.device.type == "cuda" else None)
+            for block in module.model.rwkv.blocks:
+                fully_shard(block)
+            fully_shard(module)
+            return module
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                    find_unused_parameters=True)
 
-    # ---- resume ---------------------------------------------------------------------------
+    def _no_sync(self):
+        """Skip the gradient all-reduce on accumulation micro-steps that are not the last."""
+        module = self.step_module
+        if hasattr(module, "no_sync"):
+            return module.no_sync()
+        if hasattr(module, "set_requires_gradient_sync"):
+            @contextlib.contextmanager
+            def fsdp_no_sync():
+                module.set_requires_gradient_sync(False)
+                try:
+                    yield
+                finally:
+                    module.set_requires_gradient_sync(True)
+            return fsdp_no_sync()
+        return contextlib.nullcontext()
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def _full_state(self) -> tuple[dict, dict]:
+        """(trained parameters, optimizer state) as full tensors on every rank's CPU (sharded under FSDP)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd, optim_sd = get_state_dict(self.step_module, self.optimizer, options=options)
+        prefix = "model."
+        trained = {k[len(prefix):]: v for k, v in model_sd.items() if k[len(prefix):] in set(self.trained_names)}
+        return trained, optim_sd
+
     def _resume(self) -> None:
         found = latest_checkpoint(self.out_dir)
         if found is None:
             return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
         weights, state = load_checkpoint(found)
-        named = dict(self.model.named_parameters())
         missing = set(self.trained_names) - set(weights)
         if missing:
             raise ValueError(f"{found}: checkpoint lacks trained parameters {sorted(missing)[:5]}: "
                              "was it written with other `trainable` patterns?")
-        with torch.no_grad():
-            for name, value in weights.items():
-                named[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
+        set_state_dict(self.step_module, self.optimizer,
+                       model_state_dict={"model." + k: v for k, v in weights.items()},
+                       optim_state_dict=state["optimizer"],
+                       options=StateDictOptions(full_state_dict=True, strict=False))
         self.step, self.epoch = state["step"], state["epoch"]
         self.consumed, self.samples_seen = state["consumed"], state["samples_seen"]
         torch.set_rng_state(state["torch_rng"])
         self.log(f"resumed from {found} (step {self.step}, epoch {self.epoch}, {self.consumed} samples into it)")
 
     def _save(self) -> None:
-        if self.dist.world_size > 1 and self.cfg.distributed == "fsdp":
-            raise NotImplementedError("periodic checkpoints under FSDP are gathered by save_final only")
-        if not self.dist.is_main:
-            return
-        trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        state = {"optimizer": self.optimizer.state_dict(), "step": self.step, "epoch": self.epoch,
-                 "consumed": self.consumed, "samples_seen": self.samples_seen, "torch_rng": torch.get_rng_state()}
-        save_checkpoint(self.out_dir, self.step, trainable, state, self.cfg.to_dict(), self.cfg.keep_last)
+        trained, optim_sd = self._full_state()  # collective under FSDP: every rank takes part
+        if self.dist.is_main:
+            state = {"optimizer": optim_sd, "step": self.step, "epoch": self.epoch, "consumed": self.consumed,
+                     "samples_seen": self.samples_seen, "torch_rng": torch.get_rng_state()}
+            save_checkpoint(self.out_dir, self.step, trained, state, self.cfg.to_dict(), self.cfg.keep_last)
+        if self.dist.world_size > 1:
+            dist.barrier()
 
     # ---- the loop -------------------------------------------------------------------------
     def _batches(self):
@@ -278,8 +306,7 @@ class Trainer:
             loss_sum = 0.0
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1 or self.dist.world_size == 1
-                context = contextlib.nullcontext() if sync or not hasattr(self.step_module, "no_sync") \
-                    else self.step_module.no_sync()
+                context = contextlib.nullcontext() if sync else self._no_sync()
                 with context, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                     # × world size: DDP averages gradients over ranks, we want the global-batch mean
                     scale = self.dist.world_size / total
@@ -317,7 +344,21 @@ class Trainer:
         report = self.dataset.skip_report()
         if report:
             self.log(report)
-        return self.save_final()
+        final = self.save_final()
+        if cfg.eval_heldout and self.dist.is_main:
+            self.evaluate_heldout(final)
+        return final
+
+    def evaluate_heldout(self, final: Path) -> None:
+        from ..eval.heldout import evaluate_heldout
+
+        self.model.eval()
+        with torch.no_grad():
+            result = evaluate_heldout(self.model, self.cfg.eval_heldout, progress=self.cfg.progress)
+        self.log(f"held-out accuracy ({self.cfg.eval_heldout}):\n{result.markdown()}")
+        with atomic_write(final / "heldout.json", "w") as f:
+            json.dump({"accuracy": result.accuracy, "total": result.total, "per_type": result.per_type,
+                       "wrong_examples": result.examples}, f, indent=2)
 
     def _inputs(self, batch):
         ids = [row[:n].tolist() for row, n in zip(batch["input_ids"], batch["lengths"].tolist())]
@@ -327,21 +368,21 @@ class Trainer:
         return ids, pixels, labels
 
     def save_final(self) -> Path:
-        """The whole model in the `from_pretrained` format, plus a last resumable checkpoint."""
+        """A last resumable checkpoint, and the whole model in the `from_pretrained` format."""
         final = self.out_dir / "final"
+        self._save()
+        model = self.model
         if self.dist.world_size > 1 and self.cfg.distributed == "fsdp":
-            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            # the local parameters are shards: gather the whole model on rank 0 (a collective call)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            with FSDP.state_dict_type(self.step_module, StateDictType.FULL_STATE_DICT,
-                                      FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
-                full = self.step_module.state_dict()
+            full = get_model_state_dict(self.step_module,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             if self.dist.is_main:
-                self.model.load_state_dict({k[len("model."):]: v for k, v in full.items()}, strict=False)
-        else:
-            self._save()
+                model = VisualRWKV(self.model.config)
+                model.load_state_dict({k[len("model."):]: v for k, v in full.items()}, strict=True)
         if self.dist.is_main:
-            self.model.save_pretrained(final)
+            model.save_pretrained(final)
             with atomic_write(final / "train_config.json", "w") as f:
                 json.dump(self.cfg.to_dict(), f, indent=2)
         if self.dist.world_size > 1:

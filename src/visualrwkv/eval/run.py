@@ -1,0 +1,134 @@
+"""`visualrwkv eval run`: answer a benchmark with a model, then score it.
+
+Predictions are appended to a JSONL file as they come (one fsync'd line per answer), so a run that
+is killed resumes where it stopped: answered questions are skipped, a line torn by the kill is
+dropped. Under torchrun each rank answers its own shard into its own file; rank 0 merges and scores.
+Generation is greedy through the batching engine (no penalties: the scores are the model's own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..engine.sampling import SamplingParams
+from .items import EvalDataError, EvalItem
+
+
+def _read_done(path: Path) -> set[tuple[str, int]]:
+    """Keys already answered in `path`; a torn last line (killed mid-write) is cut off the file."""
+    if not path.is_file():
+        return set()
+    done, good_bytes = set(), 0
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            good_bytes += len(raw) + 1
+            continue
+        try:
+            record = json.loads(raw)
+            key = (str(record["question_id"]), int(record.get("round_id", 0)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            if number == len(lines) or (number == len(lines) - 1 and not lines[-1]):
+                break  # the last line, torn by an interrupted write: drop it and answer it again
+            raise EvalDataError(f"{path}:{number}: not a prediction line ({e})") from e
+        done.add(key)
+        good_bytes += len(raw) + 1
+    if good_bytes < path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return done
+
+
+def _image_input(item: EvalItem):
+    from ..engine.engine import ImageInput
+
+    if item.image is None:
+        return None
+    if isinstance(item.image, (bytes, bytearray)):
+        return ImageInput.from_bytes(bytes(item.image))
+    return ImageInput.from_path(item.image)
+
+
+def answer_items(model, items: list[EvalItem], out_path: Path, *, batch_size: int = 16, max_new_tokens: int = 64,
+                 progress: bool = True) -> int:
+    """Append a prediction line for every item not yet in `out_path`; returns how many were answered now."""
+    from ..engine.engine import Engine
+    from .predictions import prediction_record
+
+    done = _read_done(out_path)
+    todo = [item for item in items if item.key not in done]
+    if not todo:
+        return 0
+    params = SamplingParams(temperature=0.0, top_p=0.0, presence_penalty=0.0, frequency_penalty=0.0,
+                            max_tokens=max_new_tokens)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="answering", dynamic_ncols=True)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with Engine(model, max_batch_size=batch_size) as engine, open(out_path, "a") as out:
+        window = 2 * batch_size  # keep the decode batch full without queueing the whole benchmark
+        for start in range(0, len(todo), window):
+            chunk = todo[start:start + window]
+            handles = []
+            for item in chunk:
+                try:
+                    prompt = engine.build_prompt(item.text, _image_input(item))
+                except ValueError as e:
+                    raise EvalDataError(f"question {item.question_id}: {e}") from e
+                handles.append(engine.submit(prompt, params))
+            for item, handle in zip(chunk, handles):
+                text = handle.result().text
+                out.write(json.dumps(prediction_record(item, text), ensure_ascii=False) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return len(todo)
+
+
+def run_eval(task: str, data_dir: str | Path, out_dir: str | Path, model=None, model_path: str | None = None, *,
+             split: str | None = None, variant: str | None = None, prompt: str | None = None, limit: int | None = None,
+             batch_size: int = 16, max_new_tokens: int = 64, progress: bool = True):
+    """Answer (resuming) and score; returns the EvalResult and writes results.{md,json} into out_dir."""
+    import torch.distributed as dist
+
+    from ..engine.defaults import load_model
+    from ..utils import atomic_write
+    from .benchmarks import read_items, score_predictions
+    from .report import render_json, render_markdown
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    out_dir = Path(out_dir)
+    items = read_items(task, data_dir, split=split, prompt=prompt)
+    items = items[:limit] if limit else items
+    model = model if model is not None else load_model(model_path)
+    merged = out_dir / "predictions.jsonl"
+    mine = merged if world == 1 else out_dir / f"predictions.rank{rank}.jsonl"
+    answer_items(model, items[rank::world], mine, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                 progress=progress and rank == 0)
+    if world > 1:
+        dist.barrier()
+        if rank == 0:
+            lines = []
+            for r in range(world):
+                lines += (out_dir / f"predictions.rank{r}.jsonl").read_text().splitlines(keepends=True)
+            with atomic_write(merged, "w") as f:
+                f.writelines(lines)
+        dist.barrier()
+    result = score_predictions(task, data_dir, merged, variant=variant, split=split,
+                               only_answered=limit is not None)
+    if rank == 0:
+        with atomic_write(out_dir / "results.md", "w") as f:
+            f.write(render_markdown([result]))
+        with atomic_write(out_dir / "results.json", "w") as f:
+            f.write(render_json([result]))
+    return result

@@ -1,0 +1,66 @@
+"""End to end: fixture datasets in each benchmark's layout → `visualrwkv eval` with the shipped model
+→ a score table; a run killed half-way resumes and ends with the same table."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from visualrwkv.cli import main
+from visualrwkv.engine.defaults import DEFAULT_MODEL_DIR
+from visualrwkv.eval.benchmarks import TASK_NAMES, build_fixture
+from visualrwkv.eval.items import EvalDataError
+from visualrwkv.eval.run import _read_done
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "config.json").is_file(), reason="no shipped model")
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_every_task_runs_end_to_end(task, tmp_path, capsys):
+    data = tmp_path / "data"
+    build_fixture(task, data, n=2)
+    assert main(["eval", "--task", task, "--data", str(data), "--out", str(tmp_path / "out"), "--batch-size", "4",
+                 "--max-new-tokens", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "|" in table and task in table.lower()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results[0]["task"] == task and results[0]["n_missing"] == 0
+
+
+def test_killed_run_resumes_to_the_same_table(tmp_path):
+    data = tmp_path / "data"
+    build_fixture("pope", data, n=12)
+    cmd = [sys.executable, "-m", "visualrwkv.cli", "eval", "run", "--task", "pope", "--data", str(data),
+           "--batch-size", "2", "--max-new-tokens", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight = subprocess.run(cmd + ["--out", str(tmp_path / "straight")], env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert straight.returncode == 0, straight.stderr
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    predictions = tmp_path / "killed" / "predictions.jsonl"
+    deadline = time.time() + 300
+    while not (predictions.is_file() and len(predictions.read_text().splitlines()) >= 5):
+        assert proc.poll() is None and time.time() < deadline, "eval ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open(predictions, "a") as f:
+        f.write('{"question_id": "torn')  # what a kill in the middle of a write leaves
+    resumed = subprocess.run(cmd + ["--out", str(tmp_path / "killed")], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "killed" / "results.md").read_text() == (tmp_path / "straight" / "results.md").read_text()
+    lines = predictions.read_text().splitlines()
+    assert len(lines) == len({(json.loads(x)["question_id"], json.loads(x).get("round_id", 0)) for x in lines})
+
+
+def test_a_bad_line_in_the_middle_is_an_error(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"question_id": 1, "text": "yes"}\nnot json\n{"question_id": 2, "text": "no"}\n')
+    with pytest.raises(EvalDataError, match=r"p.jsonl:2"):
+        _read_done(path)
