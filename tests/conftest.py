@@ -9,3 +9,43 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 torch.manual_seed(0)
+
+
+# ---- tiny full-vocabulary VisualRWKV for the engine, server, web UI and chat CLI tests ----------
+import pytest  # noqa: E402
+
+
+def _build_tiny_vlm(seed: int = 0):
+    """Random weights, the real tokenizer's vocabulary (so text decodes), a small tiny-kind encoder
+    (32×32 → 16 image vectors); the "\\n\\n" token is boosted so that answers usually end by
+    themselves within a few tokens, as a trained model's do."""
+    from visualrwkv.model import VisualRWKV, VisualRWKVConfig
+    from visualrwkv.rwkv.model import RWKVConfig
+    from visualrwkv.testing import random_rwkv6_state_dict
+    from visualrwkv.vision.encoders import VisionConfig
+    from visualrwkv.vision.tiny import TinyEncoderConfig
+
+    torch.manual_seed(seed)
+    vision = VisionConfig("tiny", tiny=TinyEncoderConfig(image_size=32, patch_size=8, hidden_size=64,
+                                                         num_layers=1, num_heads=2))
+    model = VisualRWKV(VisualRWKVConfig(rwkv=RWKVConfig(n_embd=128, n_layer=2, vocab_size=65536), vision=vision))
+    model.rwkv.load_state_dict(random_rwkv6_state_dict(128, 2, vocab_size=65536, seed=seed))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.proj.weight, std=0.5)
+        bias = model.rwkv.ln_out.bias
+        model.rwkv.head.weight[261] += 2.0 * bias / bias.norm()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm():
+    """A shared tiny VisualRWKV (vocab 65536, n_embd 128, 2 layers); never mutate it."""
+    return _build_tiny_vlm()
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tiny_vlm, tmp_path_factory):
+    """`tiny_vlm` saved as a model directory, for `--model PATH`."""
+    path = tmp_path_factory.mktemp("tiny_vlm") / "tiny-vlm"
+    tiny_vlm.save_pretrained(path)
+    return path

@@ -12,11 +12,14 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "visualrwkv.demo",
     "visualrwkv.data.cli",
     "visualrwkv.train.cli",
     "visualrwkv.convert",
     "visualrwkv.eval.cli",
     "visualrwkv.bench.cli",
+    "visualrwkv.chat_cli",
+    "visualrwkv.serve.cli",
 ]
 
 

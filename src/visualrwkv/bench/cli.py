@@ -9,3 +9,7 @@ def add_parser(subparsers) -> None:
     from . import lm
 
     lm.add_arguments(sub.add_parser("lm", help="RWKV-6 LM prefill/decode vs the rwkv package, same weights"))
+    from . import vlm; vlm.add_arguments(sub.add_parser("vlm", help="VisualRWKV vs HF LLaVA of matched size"))  # noqa: E702
+    from ..engine import bench as engine_bench
+
+    engine_bench.add_arguments(sub.add_parser("engine", help="engine tokens/s with 1, 8 and 32 concurrent streams"))

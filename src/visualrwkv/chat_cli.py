@@ -1,0 +1,131 @@
+"""`visualrwkv ask` (one question, the answer streamed to stdout) and `visualrwkv chat` (multi-turn on stdin).
+
+`chat` reads one question per line; lines starting with "/" are commands: `/image PATH` (a new
+conversation about another image), `/reset` (forget the conversation, keep the image), `/help`, `/quit`.
+It works the same with stdin piped from a file; the ">>> " prompt is shown only on a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+
+CHAT_HELP = "commands: /image PATH (new conversation about another image), /reset, /help, /quit"
+
+
+def add_sampling_arguments(p) -> None:
+    """The sampling flags shared by the commands that generate (defaults: SamplingParams')."""
+    from visualrwkv.engine.sampling import SamplingParams
+
+    d = SamplingParams()
+    p.add_argument("--model", help="model directory or official checkpoint (default: the shipped tiny model)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help=f"0 = greedy (default {d.temperature})")
+    p.add_argument("--top-p", type=float, default=d.top_p, help=f"default {d.top_p}")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off (default)")
+    p.add_argument("--presence-penalty", type=float, default=d.presence_penalty, help=f"default {d.presence_penalty}")
+    p.add_argument("--frequency-penalty", type=float, default=d.frequency_penalty,
+                   help=f"default {d.frequency_penalty}")
+    p.add_argument("--penalty-decay", type=float, default=d.penalty_decay, help=f"default {d.penalty_decay}")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help=f"default {d.max_tokens}")
+    p.add_argument("--seed", type=int, default=None, help="fixes the random draws (default: random)")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help='a stop string, repeatable (default: "\\n\\n")')
+
+
+def sampling_params_from_args(args):
+    from visualrwkv.engine.sampling import SamplingParams
+
+    extra = {} if args.stop is None else {"stop": [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]}
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                          penalty_decay=args.penalty_decay, max_tokens=args.max_tokens, seed=args.seed, **extra)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("ask", help="answer one question about an image (streamed to stdout)")
+    p.add_argument("question")
+    p.add_argument("--image", help="image file (omit for a text-only question)")
+    add_sampling_arguments(p)
+    p.set_defaults(func=run_ask)
+
+    p = subparsers.add_parser("chat", help="multi-turn chat about an image on stdin (" + CHAT_HELP + ")")
+    p.add_argument("--image", help="image file (omit for a text-only chat; /image PATH sets one later)")
+    add_sampling_arguments(p)
+    p.set_defaults(func=run_chat)
+
+
+def _open_engine(args):
+    from visualrwkv.engine.defaults import load_model, model_name
+    from visualrwkv.engine.engine import Engine
+
+    params = sampling_params_from_args(args)  # before loading: bad flags fail fast
+    return Engine(load_model(args.model), model_id=model_name(args.model)), params
+
+
+def _stream(handle, out) -> str:
+    for delta in handle:
+        out.write(delta)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    return handle.result().text
+
+
+def run_ask(args) -> int:
+    from visualrwkv.engine.engine import ImageInput
+
+    if not args.question.strip():
+        raise ValueError("the question is empty")
+    image = ImageInput.from_path(args.image) if args.image else None
+    engine, params = _open_engine(args)
+    with engine:
+        _stream(engine.ask(args.question, image, params=params), sys.stdout)
+    return 0
+
+
+def run_chat(args) -> int:
+    from visualrwkv.engine.engine import ImageInput
+
+    image = ImageInput.from_path(args.image) if args.image else None
+    engine, params = _open_engine(args)
+    interactive = sys.stdin.isatty()
+    history: list[tuple[str, str]] = []
+    if interactive:
+        print(CHAT_HELP)
+    with engine:
+        while True:
+            if interactive:
+                print(">>> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line:  # end of input
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                command, _, argument = line.partition(" ")
+                if command in ("/quit", "/exit"):
+                    break
+                if command == "/reset":
+                    history = []
+                    print("[new conversation]", flush=True)
+                elif command == "/image":
+                    try:
+                        image = ImageInput.from_path(argument.strip()) if argument.strip() else None
+                    except ValueError as e:
+                        print(f"error: {e}", file=sys.stderr, flush=True)
+                        continue
+                    history = []
+                    print(f"[new conversation about {argument.strip() or 'no image'}]", flush=True)
+                elif command == "/help":
+                    print(CHAT_HELP, flush=True)
+                else:
+                    print(f"error: unknown command {command!r}; {CHAT_HELP}", file=sys.stderr, flush=True)
+                continue
+            try:
+                answer = _stream(engine.ask(line, image, history, params), sys.stdout)
+            except ValueError as e:  # e.g. the conversation grew past a limit
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                continue
+            if answer:  # an empty answer cannot be part of a rendered history
+                history.append((line, answer))
+    return 0

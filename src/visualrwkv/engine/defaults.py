@@ -1,0 +1,34 @@
+"""Where the shipped model lives and how every command loads a model (`--model PATH` or the default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from visualrwkv.model import CONFIG_NAME, VisualRWKV
+
+# the trained tiny model shipped with the package (config.json + model.safetensors)
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+
+
+def load_model(path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> VisualRWKV:
+    """The model at `path` (a visualrwkv directory or an official checkpoint), else the shipped default."""
+    if path is None:
+        if not (DEFAULT_MODEL_DIR / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"no default model at {DEFAULT_MODEL_DIR}: run `visualrwkv train --config tiny` or pass --model PATH")
+        path = DEFAULT_MODEL_DIR
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model path {str(path)!r} does not exist")
+    return VisualRWKV.from_pretrained(path, dtype=dtype, device=device)
+
+
+def model_name(path: str | os.PathLike | None) -> str:
+    """The id a server reports for the model: the directory or file name, or the default's."""
+    if path is None:
+        return "visualrwkv-tiny"
+    return Path(path).resolve().name or "visualrwkv"

@@ -1,0 +1,184 @@
+"""The OpenAI-compatible HTTP API over the batching engine (FastAPI).
+
+Routes: `POST /v1/chat/completions` (streaming SSE or not; see `requests.py` for what a request may
+hold), `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`. With an API key, `/v1/*` needs
+`Authorization: Bearer <key>`. Every error is a 4xx/5xx JSON body in the OpenAI shape. Request work
+that costs CPU (image decoding, tokenization) runs in worker threads; the engine's own thread runs
+the model, so the event loop stays free to serve many concurrent connections.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from visualrwkv.engine.engine import Engine, EngineBusyError, EngineClosedError, GenerationResult
+from visualrwkv.serve.errors import APIError, error_body
+from visualrwkv.serve.requests import ChatRequest, Limits, parse_chat_request
+
+
+@dataclass
+class ServerSettings:
+    model_name: str
+    api_key: str | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    limits: Limits = field(default_factory=Limits)
+    shutdown_timeout: float = 30.0  # seconds the engine may take to finish in-flight requests on shutdown
+
+
+def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shutdown: bool = True) -> FastAPI:
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        # uvicorn has already waited for in-flight connections; whatever is left gets a clean error
+        if close_engine_on_shutdown:
+            await run_in_threadpool(engine.close, settings.shutdown_timeout)
+
+    app = FastAPI(title="visualrwkv", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = {404: f"no route {request.url.path}",
+                   405: f"method {request.method} not allowed on {request.url.path}"}
+        return JSONResponse(error_body(exc.status_code, message.get(exc.status_code, str(exc.detail))),
+                            status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        return JSONResponse(error_body(500, f"internal error: {type(exc).__name__}: {exc}"), status_code=500)
+
+    def authorize(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise APIError(401, "missing API key: send the header 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+        if not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+            raise APIError(401, "incorrect API key", code="invalid_api_key")
+
+    def model_card() -> dict:
+        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "visualrwkv"}
+
+    @app.get("/health")
+    async def health():
+        stats = engine.stats()
+        return {"status": "ok", "model": settings.model_name, "running": stats.running, "waiting": stats.waiting}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request):
+        authorize(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str, request: Request):
+        authorize(request)
+        if model_id != settings.model_name:
+            raise APIError(404, f"the model {model_id!r} does not exist; this server serves {settings.model_name!r}",
+                           "model", "model_not_found")
+        return model_card()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        body = await _read_json(request, settings.max_body_bytes)
+        chat = await run_in_threadpool(parse_chat_request, body, settings.model_name, settings.limits)
+        try:
+            prompt = await run_in_threadpool(engine.build_prompt, chat.question, chat.image, chat.history)
+            handle = engine.submit(prompt, chat.params)
+        except ValueError as e:  # prompt or max_tokens above the limits, bad conversation
+            raise APIError(400, str(e), "messages" if "prompt" in str(e) else None) from None
+        except EngineBusyError as e:
+            raise APIError(429, str(e)) from None
+        except EngineClosedError as e:
+            raise APIError(503, str(e)) from None
+        completion_id = "chatcmpl-" + secrets.token_hex(12)
+        if chat.stream:
+            return StreamingResponse(_sse(handle, chat, completion_id, settings.model_name),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            result = await handle.aresult()
+        except EngineClosedError as e:
+            raise APIError(503, str(e)) from None
+        return {"id": completion_id, "object": "chat.completion", "created": int(time.time()),
+                "model": settings.model_name, "system_fingerprint": None,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                             "finish_reason": result.finish_reason, "logprobs": None}],
+                "usage": _usage(result)}
+
+    return app
+
+
+async def _read_json(request: Request, max_bytes: int):
+    """The JSON body, refusing more than `max_bytes` before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise APIError(413, f"the request body is {declared} bytes, above the limit of {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise APIError(413, f"the request body is above the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise APIError(400, "the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}") from None
+
+
+def _usage(result: GenerationResult) -> dict:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
+
+
+async def _sse(handle, chat: ChatRequest, completion_id: str, model: str):
+    """OpenAI chunks: the role, the content deltas, the finish reason, optionally usage, then [DONE]."""
+    created = int(time.time())
+
+    def event(choices: list, **extra) -> str:
+        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "system_fingerprint": None, "choices": choices, **extra}
+        if chat.include_usage and "usage" not in extra:
+            chunk["usage"] = None
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    def delta(content: dict, finish_reason=None) -> list:
+        return [{"index": 0, "delta": content, "finish_reason": finish_reason, "logprobs": None}]
+
+    try:
+        yield event(delta({"role": "assistant", "content": ""}))
+        try:
+            async for text in handle:
+                yield event(delta({"content": text}))
+            result = handle.result(timeout=0)
+            yield event(delta({}, result.finish_reason))
+            if chat.include_usage:
+                yield event([], usage=_usage(result))
+        except EngineClosedError as e:
+            yield f"data: {json.dumps(error_body(503, str(e)))}\n\n"
+        except Exception as e:  # noqa: BLE001 - the status line is sent already: report in the stream
+            yield f"data: {json.dumps(error_body(500, f'internal error: {type(e).__name__}: {e}'))}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        # the client went away (or we are done): stop spending steps on this request
+        handle.cancel()

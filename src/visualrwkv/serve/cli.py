@@ -1,0 +1,80 @@
+"""`visualrwkv serve` (the OpenAI-compatible HTTP API) and `visualrwkv webui` (the Gradio demo)."""
+
+from __future__ import annotations
+
+import os
+
+
+def _add_engine_arguments(p) -> None:
+    p.add_argument("--model", help="model directory or official checkpoint (default: the shipped tiny model)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="requests decoded together (default 32)")
+    p.add_argument("--max-prompt-tokens", type=int, default=4096,
+                   help="prompt limit in positions: text tokens plus image vectors (default 4096)")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="limit on max_tokens per request (default 1024)")
+    p.add_argument("--cache-mb", type=int, default=512, help="prefix-state cache size in MiB (default 512)")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models",
+        description="OpenAI-compatible API. Images go in the first user message as base64 data: URIs (one per "
+                    "conversation); system messages are ignored (the model has no system prompt); omitted "
+                    "sampling fields take the RWKV defaults (top_p 0.85, penalties 0.2).")
+    _add_engine_arguments(p)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("VISUALRWKV_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $VISUALRWKV_API_KEY, else no key)")
+    p.add_argument("--max-body-mb", type=float, default=16, help="request body limit in MiB (default 16)")
+    p.add_argument("--max-image-mb", type=float, default=10, help="decoded image limit in MiB (default 10)")
+    p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
+                   help="images with more pixels are refused from their header (default 4096*4096)")
+    p.set_defaults(func=run_serve)
+
+    p = subparsers.add_parser("webui", help="browser demo: image upload, streaming multi-turn chat (Gradio)")
+    _add_engine_arguments(p)
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=run_webui)
+
+
+def build_engine(args):
+    from visualrwkv.engine.defaults import load_model, model_name
+    from visualrwkv.engine.engine import Engine
+
+    for name in ("max_batch_size", "max_prompt_tokens", "max_new_tokens", "cache_mb", "port"):
+        if getattr(args, name) < (0 if name == "cache_mb" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    model = load_model(args.model)
+    return Engine(model, model_id=model_name(args.model), max_batch_size=args.max_batch_size,
+                  cache_bytes=args.cache_mb * 1024 * 1024, max_prompt_tokens=args.max_prompt_tokens,
+                  max_new_tokens=args.max_new_tokens)
+
+
+def run_serve(args) -> int:
+    import uvicorn
+
+    from visualrwkv.serve.app import ServerSettings, create_app
+    from visualrwkv.serve.requests import Limits
+
+    if args.max_body_mb <= 0 or args.max_image_mb <= 0 or args.max_image_pixels <= 0:
+        raise ValueError("--max-body-mb, --max-image-mb and --max-image-pixels must be positive")
+    engine = build_engine(args)
+    limits = Limits(max_image_bytes=int(args.max_image_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels)
+    settings = ServerSettings(engine.model_id, api_key=args.api_key or None,
+                              max_body_bytes=int(args.max_body_mb * 1024 * 1024), limits=limits)
+    app = create_app(engine, settings)
+    print(f"serving {engine.model_id} on http://{args.host}:{args.port}/v1 "
+          f"({'API key required' if settings.api_key else 'no API key'})", flush=True)
+    # on Ctrl-C uvicorn stops accepting, lets in-flight requests finish (up to the timeout), then
+    # runs the app's shutdown, which closes the engine
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
+    return 0
+
+
+def run_webui(args) -> int:
+    from visualrwkv.serve.webui import launch
+
+    engine = build_engine(args)
+    with engine:
+        launch(engine, host=args.host, port=args.port, block=True)
+    return 0

@@ -1,0 +1,175 @@
+"""Validation of an OpenAI `POST /v1/chat/completions` body into what the engine needs.
+
+Accepted: `messages` alternating user / assistant turns and ending with a user turn; user content is
+a string or a list of `{"type": "text"}` and `{"type": "image_url"}` parts, with images as base64
+`data:` URIs (the server never fetches URLs). One image per conversation, in the first user message
+(the model reads one image, placed in the first turn). System and developer messages are ignored:
+the model was trained without a system prompt (SPEC §7.1).
+
+Sampling fields: temperature, top_p, max_tokens (or max_completion_tokens), seed, stop,
+presence_penalty, frequency_penalty, plus the RWKV extensions top_k and penalty_decay. Fields the
+client omits take the RWKV defaults of `SamplingParams` (e.g. top_p 0.85, penalties 0.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+
+from visualrwkv.engine.engine import ImageInput
+from visualrwkv.engine.sampling import SamplingParams
+from visualrwkv.serve.errors import APIError
+
+MAX_STOP_STRINGS = 4  # the OpenAI limit
+IGNORED_ROLES = ("system", "developer")
+_DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII)
+
+
+@dataclass
+class Limits:
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    question: str
+    history: list[tuple[str, str]]
+    image: ImageInput | None
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+    ignored: list[str] = field(default_factory=list)
+
+
+def parse_chat_request(body, served_model: str, limits: Limits) -> ChatRequest:
+    """Raise APIError (4xx) naming the field and what is wrong; decode and check the image."""
+    if not isinstance(body, dict):
+        raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise APIError(400, "'model' is required: a model name string (see GET /v1/models)", "model")
+    if model != served_model:
+        raise APIError(404, f"the model {model!r} does not exist; this server serves {served_model!r}", "model",
+                       "model_not_found")
+    if body.get("n", 1) != 1:
+        raise APIError(400, f"'n' must be 1 (one answer per request), got {body.get('n')!r}", "n")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise APIError(400, "logprobs are not supported", "logprobs")
+    if body.get("tools") or body.get("functions"):
+        raise APIError(400, "tools and function calling are not supported", "tools")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise APIError(400, f"'stream' must be true or false, got {stream!r}", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise APIError(400, "'stream_options' must be an object", "stream_options")
+    question, history, image = _parse_messages(body.get("messages"), limits)
+    return ChatRequest(model, question, history, image, _sampling(body), stream,
+                       bool(options.get("include_usage", False)))
+
+
+def _parse_messages(messages, limits: Limits):
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty list of messages", "messages")
+    turns: list[tuple[str, str]] = []  # (role, text)
+    image: ImageInput | None = None
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise APIError(400, f"{where} must be an object with 'role' and 'content'", "messages")
+        role = message.get("role")
+        if role in IGNORED_ROLES:
+            continue
+        if role not in ("user", "assistant"):
+            raise APIError(400, f"{where}.role must be 'user', 'assistant' or 'system', got {role!r}", "messages")
+        expected = "user" if len(turns) % 2 == 0 else "assistant"
+        if role != expected:
+            raise APIError(400, f"{where}: expected a {expected} message (user and assistant messages must "
+                                "alternate, starting with user)", "messages")
+        text, images = _parse_content(message.get("content"), where, allow_images=role == "user")
+        if images:
+            if turns or len(images) > 1 or image is not None:
+                raise APIError(400, f"{where}: one image per conversation, in the first user message", "messages")
+            image = _decode_image(images[0], f"{where} image", limits)
+        if not text.strip():
+            raise APIError(400, f"{where}: the {role} message has no text", "messages")
+        turns.append((role, text))
+    if not turns or turns[-1][0] != "user":
+        raise APIError(400, "the last message must be a user message (the question to answer)", "messages")
+    history = [(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
+    return turns[-1][1], history, image
+
+
+def _parse_content(content, where: str, allow_images: bool) -> tuple[str, list[str]]:
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise APIError(400, f"{where}.content must be a string or a list of content parts", "messages")
+    texts, images = [], []
+    for j, part in enumerate(content):
+        part_where = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url" and allow_images:
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise APIError(400, f"{part_where}.image_url.url must be a string", "messages")
+            images.append(url)
+        elif kind == "image_url":
+            raise APIError(400, f"{part_where}: images are only accepted in user messages", "messages")
+        else:
+            raise APIError(400, f"{part_where} must be {{'type': 'text', 'text': str}} or "
+                                f"{{'type': 'image_url', 'image_url': {{'url': 'data:...'}}}}", "messages")
+    return "\n".join(texts), images
+
+
+def _decode_image(url: str, where: str, limits: Limits) -> ImageInput:
+    match = _DATA_URI.match(url)
+    if not match:
+        shown = url[:40] + ("…" if len(url) > 40 else "")
+        raise APIError(400, f"{where}: expected a base64 data URI ('data:image/png;base64,...'), got {shown!r}; "
+                            "the server does not fetch URLs", "messages")
+    payload = url[match.end():]
+    # checked before decoding: base64 is 4 characters per 3 bytes
+    if len(payload) > (limits.max_image_bytes + 2) // 3 * 4 + 4:
+        raise APIError(400, f"{where}: the image is larger than the limit of {limits.max_image_bytes} bytes",
+                       "messages", "image_too_large")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise APIError(400, f"{where}: invalid base64 in the data URI ({e})", "messages", "invalid_image") from None
+    if len(data) > limits.max_image_bytes:
+        raise APIError(400, f"{where}: the image is {len(data)} bytes, above the limit of {limits.max_image_bytes}",
+                       "messages", "image_too_large")
+    try:
+        return ImageInput.from_bytes(data, max_pixels=limits.max_image_pixels)
+    except ValueError as e:  # ImageError: not an image, truncated, too many pixels
+        raise APIError(400, f"{where}: {e}", "messages", "invalid_image") from None
+
+
+def _sampling(body: dict) -> SamplingParams:
+    defaults = SamplingParams()
+    fields_ = {name: body[name] for name in ("temperature", "top_p", "top_k", "presence_penalty",
+                                              "frequency_penalty", "penalty_decay", "seed")
+               if body.get(name) is not None}
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        fields_["max_tokens"] = max_tokens
+    stop = body.get("stop")
+    if stop is not None:
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS:
+            raise APIError(400, f"'stop' must be a string or a list of at most {MAX_STOP_STRINGS} strings", "stop")
+        # the turn terminator always ends an answer, whatever the client adds
+        fields_["stop"] = list(dict.fromkeys(stop + defaults.stop))
+    try:
+        return SamplingParams(**fields_)
+    except ValueError as e:
+        param = str(e).split(" ", 1)[0]
+        raise APIError(400, str(e), param if param in fields_ else None) from None

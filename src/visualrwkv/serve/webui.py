@@ -1,0 +1,108 @@
+"""The browser demo (Gradio): upload an image, chat about it with streaming answers, tune sampling.
+
+One process: the Gradio app calls the batching engine directly, so several browser sessions are
+decoded together. A question about another image than the conversation's starts a new conversation
+(the model reads one image, in the first turn); "Clear" forgets the conversation and keeps the image.
+Answers are shown verbatim (no Markdown rendering), exactly as the model wrote them.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local demo phones nobody
+
+import gradio as gr  # noqa: E402
+
+from visualrwkv.engine.engine import Engine, ImageInput  # noqa: E402
+from visualrwkv.engine.sampling import SamplingParams  # noqa: E402
+
+# system fonts only: the default theme would fetch web fonts, which offline machines cannot
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+EMPTY_ANSWER = "(empty answer)"
+NEW_CONVERSATION = {"image": None, "pairs": []}
+
+
+def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blocks:
+    d = defaults or SamplingParams()
+    max_tokens_limit = engine.max_new_tokens or 1024
+    with gr.Blocks(title="VisualRWKV") as demo:
+        gr.Markdown(f"## VisualRWKV · `{engine.model_id}`\nUpload an image, then ask about it. "
+                    "Asking about a new image starts a new conversation.")
+        # what the engine sees: the conversation's image and its (question, answer) pairs. The reset
+        # for a new image happens when the question is asked, not on the upload event, so a late
+        # upload event can never wipe a conversation that has already started.
+        conversation = gr.State(NEW_CONVERSATION)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                with gr.Accordion("Sampling", open=False):
+                    temperature = gr.Slider(0, 2, value=d.temperature, step=0.05, label="Temperature (0 = greedy)",
+                                            elem_id="temperature")
+                    top_p = gr.Slider(0, 1, value=d.top_p, step=0.05, label="Top-p")
+                    top_k = gr.Slider(0, 100, value=d.top_k, step=1, label="Top-k (0 = off)")
+                    presence = gr.Slider(-2, 2, value=d.presence_penalty, step=0.05, label="Presence penalty")
+                    frequency = gr.Slider(-2, 2, value=d.frequency_penalty, step=0.05, label="Frequency penalty")
+                    max_tokens = gr.Slider(1, max_tokens_limit, value=min(d.max_tokens, max_tokens_limit), step=1,
+                                           label="Max new tokens")
+                    seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+            with gr.Column(scale=2):
+                chatbot = gr.Chatbot(elem_id="chatbot", height=420, render_markdown=False, label="Conversation")
+                question = gr.Textbox(placeholder="Ask about the image…", show_label=False, elem_id="question",
+                                      lines=1)
+                with gr.Row():
+                    send = gr.Button("Send", variant="primary", elem_id="send")
+                    clear = gr.Button("Clear", elem_id="clear")
+
+        def respond(text, image_path, state, messages, temperature, top_p, top_k, presence, frequency,
+                    max_tokens, seed):
+            text = (text or "").strip()
+            if not text:
+                raise gr.Error("Type a question first.")
+            history = state["pairs"]
+            if image_path != state["image"]:
+                history, messages = [], []
+            try:
+                params = SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+                                        presence_penalty=float(presence), frequency_penalty=float(frequency),
+                                        max_tokens=int(max_tokens),
+                                        seed=None if seed is None or int(seed) < 0 else int(seed))
+                picture = ImageInput.from_path(image_path) if image_path else None
+                handle = engine.ask(text, picture, history, params)
+            except ValueError as e:
+                raise gr.Error(str(e)) from None
+            messages = list(messages or []) + [{"role": "user", "content": text},
+                                               {"role": "assistant", "content": ""}]
+            state = {"image": image_path, "pairs": history}
+            yield messages, state, ""
+            try:
+                for delta in handle:
+                    messages[-1] = {"role": "assistant", "content": messages[-1]["content"] + delta}
+                    yield messages, state, ""
+                answer = handle.result().text
+            finally:
+                handle.cancel()  # the browser went away mid-answer: free the batch row
+            if answer:
+                state = {"image": image_path, "pairs": history + [(text, answer)]}
+            else:
+                messages[-1] = {"role": "assistant", "content": EMPTY_ANSWER}
+            yield messages, state, ""
+
+        inputs = [question, image, conversation, chatbot, temperature, top_p, top_k, presence, frequency,
+                  max_tokens, seed]
+        outputs = [chatbot, conversation, question]
+        send.click(respond, inputs, outputs, concurrency_limit=engine.max_batch_size)
+        question.submit(respond, inputs, outputs, concurrency_limit=engine.max_batch_size)
+        clear.click(lambda: ([], NEW_CONVERSATION, ""), None, outputs, queue=False)
+        chatbot.clear(lambda: NEW_CONVERSATION, None, conversation, queue=False)  # the chat's own trash button
+    return demo
+
+
+def launch(engine: Engine, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
+           defaults: SamplingParams | None = None) -> gr.Blocks:
+    """Serve the demo; with `block=False` return at once (call `demo.close()` to stop)."""
+    demo = build_demo(engine, defaults)
+    demo.queue(default_concurrency_limit=engine.max_batch_size)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, theme=THEME, quiet=not block,
+                footer_links=[])
+    return demo

@@ -1,0 +1,69 @@
+"""`visualrwkv ask` and `visualrwkv chat` (stdin piped, as a user's script would) against the engine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from visualrwkv.cli import main
+from visualrwkv.engine import defaults
+from visualrwkv.engine.engine import Engine, ImageInput
+from visualrwkv.engine.sampling import SamplingParams
+
+GREEDY_FLAGS = ["--temperature", "0", "--presence-penalty", "0", "--frequency-penalty", "0", "--max-tokens", "16"]
+GREEDY = SamplingParams(temperature=0.0, presence_penalty=0.0, frequency_penalty=0.0, max_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    red, green = root / "red.png", root / "green.png"
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(red)
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(green)
+    return red, green
+
+
+def answer(model, image_path, question, history=()) -> str:
+    image = ImageInput.from_path(image_path) if image_path else None
+    with Engine(model, cache_bytes=0) as engine:
+        return engine.ask(question, image, history, GREEDY).result().text
+
+
+def test_ask_streams_the_answer(tiny_vlm, tiny_vlm_dir, images, capsys):
+    code = main(["ask", "--model", str(tiny_vlm_dir), "--image", str(images[0]), *GREEDY_FLAGS, "What is on the left?"])
+    assert code == 0
+    assert capsys.readouterr().out == answer(tiny_vlm, images[0], "What is on the left?") + "\n"
+    assert main(["ask", "--model", str(tiny_vlm_dir), *GREEDY_FLAGS, "hello"]) == 0  # text only
+    assert capsys.readouterr().out == answer(tiny_vlm, None, "hello") + "\n"
+
+
+def test_ask_errors(tiny_vlm_dir, images, tmp_path, capsys, monkeypatch):
+    assert main(["ask", "--model", str(tiny_vlm_dir), "--image", str(tmp_path / "none.png"), "hi"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["ask", "--model", str(tiny_vlm_dir), "--temperature", "-1", "hi"]) == 1
+    assert "temperature must be a number in [0.0, 10.0]" in capsys.readouterr().err
+    assert main(["ask", "--model", str(tiny_vlm_dir), "  "]) == 1
+    assert "the question is empty" in capsys.readouterr().err
+    monkeypatch.setattr(defaults, "DEFAULT_MODEL_DIR", tmp_path / "no-model")
+    assert main(["ask", "hi"]) == 1
+    assert "visualrwkv train --config tiny" in capsys.readouterr().err
+
+
+def test_chat_with_piped_stdin(tiny_vlm, tiny_vlm_dir, images):
+    red, green = images
+    first = answer(tiny_vlm, red, "What is on the left?")
+    assert first  # a non-empty answer goes into the history
+    follow_up = answer(tiny_vlm, red, "And then?", [("What is on the left?", first)])
+    other = answer(tiny_vlm, green, "What color is it?")
+    script = "\n".join(["What is on the left?", "And then?", "/reset", "What is on the left?", "",
+                        f"/image {green}", "What color is it?", "/bogus", "/quit", "never asked"]) + "\n"
+    done = subprocess.run([sys.executable, "-m", "visualrwkv.cli", "chat", "--model", str(tiny_vlm_dir),
+                           "--image", str(red), *GREEDY_FLAGS], input=script, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"{first}\n{follow_up}\n[new conversation]\n{first}\n"
+                           f"[new conversation about {green}]\n{other}\n")
+    assert "unknown command '/bogus'" in done.stderr
