@@ -61,8 +61,11 @@ def test_stage_presets_freeze_exactly_what_the_recipe_says():
 
 def test_presets_resolve_and_overrides_are_typed(tmp_path):
     stages = resolve("tiny", {"lr": "1e-3", "trainable": "proj.*,vit.*", "l2wrap": "true"}, runs_dir=str(tmp_path))
-    assert len(stages) == 2 and stages[0].lr == 1e-3 and stages[1].trainable == ["proj.*", "vit.*"]
-    assert stages[0].image_position == "first" and stages[1].image_position == "middle"
+    assert [s.task for s in stages] == ["vision_shapes", "vlm", "vlm"]
+    assert stages[1].lr == 1e-3 and stages[2].trainable == ["proj.*", "vit.*"] and stages[2].l2wrap
+    assert stages[1].image_position == "first" and stages[2].image_position == "middle"
+    stages = resolve("tiny", {"out_dir": str(tmp_path / "x")})
+    assert len({s.out_dir for s in stages}) == 3
     with pytest.raises(ValueError, match="unknown training options"):
         resolve("tiny", {"learning_rate": "1"})
     with pytest.raises(ValueError, match="neither a preset"):

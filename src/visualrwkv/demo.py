@@ -32,7 +32,8 @@ def run(args) -> int:
         answer = model.chat(image, ex["question"], max_new_tokens=16)
         ok = answer.strip().rstrip(".").lower() == ex["expected"].strip().rstrip(".").lower()
         right += ok
-        print(f"[{ex['image']}] {ex['question']}\n  -> {answer}   (expected: {ex['expected']}{'' if ok else ', MISSED'})")
+        question = ex["question"].replace("\n", " ")
+        print(f"[{ex['image']}] {question}\n  -> {answer}   (expected: {ex['expected']}{'' if ok else ', MISSED'})")
     print(f"\n{right}/{len(examples)} answered as expected. Ask your own: visualrwkv ask --image IMG \"question\"")
     return 0
 

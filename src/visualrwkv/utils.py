@@ -9,6 +9,13 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask_mode() -> int:
+    """The mode a plain `open(path, "w")` would give (mkstemp's temporaries are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     """Open a temporary file beside `path`; on success fsync and rename it over `path`.
@@ -23,6 +30,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -40,6 +48,7 @@ def atomic_save_file(save_fn, path: str | os.PathLike) -> None:
         save_fn(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -12,7 +12,8 @@ import os
 
 def run(args) -> int:
     from .config import parse_overrides, resolve
-    from .trainer import Trainer
+    from .trainer import Trainer, prepare_data
+    from .vision_pretrain import pretrain_tiny_vision
 
     stages = resolve(args.config, parse_overrides(args.overrides), runs_dir=args.runs_dir)
     previous = None
@@ -21,7 +22,11 @@ def run(args) -> int:
             print(f"== stage {i + 1}/{len(stages)}: {cfg.out_dir}")
         if previous is not None and not cfg.init:
             cfg.init, cfg.model = str(previous), {}
-        previous = Trainer(cfg).train()
+        if cfg.task == "vision_shapes":
+            prepare_data(cfg)
+            previous = pretrain_tiny_vision(cfg)
+        else:
+            previous = Trainer(cfg).train()
     print(f"model written to {previous}")
     return 0
 
