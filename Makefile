@@ -14,13 +14,13 @@ TORCH_INDEX ?=
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install -q -e ".[dev,serve,bench]"
+	$(PIP) install -q -e ".[dev,serve,webui,bench]"
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/visualrwkv bench lm --configs 256x4 --prompt 1024 --decode-steps 32 --repeats 1
+	$(VENV)/bin/visualrwkv demo
 
 test: install
 	$(PY) -m pytest

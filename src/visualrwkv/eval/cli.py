@@ -16,7 +16,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     # `visualrwkv eval --task T --data DIR` is short for `visualrwkv eval run --task T --data DIR`
     for target in (parser, sub.add_parser("run", help="answer a benchmark with a model (resumable) and score it")):
         add_run_arguments(target, TASK_NAMES, required=target is not parser)
-        target.set_defaults(func=run_run)
+        target.set_defaults(func=run_run, eval_parser=parser)
 
     score = sub.add_parser("score", help="score a predictions JSONL against a benchmark folder")
     score.add_argument("--task", required=True, choices=TASK_NAMES)
@@ -72,6 +72,8 @@ def run_run(args) -> int:
     from visualrwkv.eval.report import render_markdown
     from visualrwkv.eval.run import run_eval
 
+    if not args.task and not args.data:  # a bare `visualrwkv eval`
+        return _print_help(args.eval_parser)
     if not args.task or not args.data:
         raise ValueError("eval needs --task and --data (or a sub-command: see `visualrwkv eval --help`)")
     out = args.out or f"runs/eval/{args.task}"
