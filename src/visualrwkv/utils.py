@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def _umask_mode() -> int:
@@ -17,35 +17,17 @@ def _umask_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
-    """Open a temporary file beside `path`; on success fsync and rename it over `path`.
+def _replacing(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside `path`; on success it is fsync'd and renamed over `path`.
 
     A crash at any point leaves either the old file or the new one, never a torn mix.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save_file(save_fn, path: str | os.PathLike) -> None:
-    """Run `save_fn(tmp_path)` then rename tmp over `path` (for libraries that write by file name)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_fn(tmp)
+        yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
@@ -54,3 +36,16 @@ def atomic_save_file(save_fn, path: str | os.PathLike) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator:
+    """`with atomic_write(path, "w") as f:` — the file appears whole, or not at all."""
+    with _replacing(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def atomic_save_file(save_fn: Callable[[str], None], path: str | os.PathLike) -> None:
+    """Run `save_fn(tmp_path)` then rename tmp over `path` (for libraries that write by file name)."""
+    with _replacing(path) as tmp:
+        save_fn(tmp)
