@@ -198,14 +198,20 @@ class VisualRWKV(nn.Module):
         hidden, state = self.hidden_states(x, spans, state)
         return self.rwkv.project(hidden, logits), state
 
+    def embed_batch(self, input_ids: Sequence[Sequence[int]], pixel_values: Sequence[Tensor],
+                    labels: Sequence[Sequence[int]] | None = None, ctx_len: int | None = None) -> SplicedBatch:
+        """Encode every sample's images (pixel_values[b] is [n_images_b, ...], n may be 0) and splice them."""
+        counts = [len(p) for p in pixel_values]
+        if sum(counts):
+            per_sample = list(self.encode_images(torch.cat(list(pixel_values))).split(counts))
+        else:
+            per_sample = [torch.zeros(0, self.vit.num_tokens, self.config.rwkv.n_embd, device=self.device)] * len(counts)
+        return self.splice(input_ids, per_sample, labels, ctx_len)
+
     def forward(self, input_ids: Sequence[Sequence[int]], pixel_values: Sequence[Tensor],
                 labels: Sequence[Sequence[int]] | None = None, ctx_len: int | None = None):
-        """Training forward. pixel_values[b] is [n_images_b, ...] (n may be 0). Returns (logits, labels)."""
-        counts = [len(p) for p in pixel_values]
-        embeds = self.encode_images(torch.cat(list(pixel_values))) if sum(counts) else None
-        per_sample = list(embeds.split(counts)) if embeds is not None else [
-            torch.zeros(0, self.vit.num_tokens, self.config.rwkv.n_embd, device=self.device)] * len(counts)
-        batch = self.splice(input_ids, per_sample, labels, ctx_len)
+        """Training forward over whole sequences. Returns (logits [B, T, V], labels [B, T] or None)."""
+        batch = self.embed_batch(input_ids, pixel_values, labels, ctx_len)
         logits, _ = self.forward_embeds(batch.embeds, batch.spans)
         return logits, batch.labels
 

@@ -61,12 +61,7 @@ class TrainingStep(nn.Module):
     def forward(self, input_ids, pixel_values, labels, ctx_len: int, loss_scale: float = 1.0) -> Tensor:
         """Per-sample mean cross-entropy [B]; `loss_scale` is the factor the caller applies to their sum."""
         model = self.model
-        counts = [len(p) for p in pixel_values]
-        if sum(counts):
-            embeds = model.encode_images(torch.cat(list(pixel_values))).split(counts)
-        else:
-            embeds = [torch.zeros(0, model.vit.num_tokens, model.config.rwkv.n_embd, device=model.device)] * len(counts)
-        batch = model.splice(input_ids, embeds, labels, ctx_len)
+        batch = model.embed_batch(input_ids, pixel_values, labels, ctx_len)
         hidden, _ = model.hidden_states(batch.embeds, batch.spans)
         targets = batch.labels[:, 1:]
         supervised = targets != IGNORE_INDEX

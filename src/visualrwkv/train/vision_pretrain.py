@@ -51,12 +51,18 @@ def patch_labels(scene: Scene, grid: int, image_size: int) -> tuple[np.ndarray, 
 
 
 class ShapesProbe(nn.Module):
-    """Linear read-outs on the encoder's tokens: per-patch colour and kind, pooled shape count."""
+    """Linear read-outs on the encoder's tokens: per-patch colour, kind, row and column; pooled count.
 
-    def __init__(self, width: int):
+    The row/column targets keep "where" in every token: the language model reads the image as a
+    sequence and has no position encoding of its own to tell left from right.
+    """
+
+    def __init__(self, width: int, rows: int, cols: int):
         super().__init__()
         self.color = nn.Linear(width, len(COLOR_NAMES) + 1)
         self.kind = nn.Linear(width, len(KINDS) + 1)
+        self.row = nn.Linear(width, rows)
+        self.col = nn.Linear(width, cols)
         self.count = nn.Linear(width, 3)
 
 
@@ -80,7 +86,9 @@ def pretrain_tiny_vision(cfg, log=print) -> Path:
     kinds = torch.tensor(np.stack([k for _, k in labels]), dtype=torch.long)
     counts = torch.tensor([len(scene.shapes) - 1 for _, scene in items])
 
-    probe = ShapesProbe(vit.hidden_size)
+    probe = ShapesProbe(vit.hidden_size, rows, cols)
+    patch_rows = torch.arange(rows).repeat_interleave(cols)
+    patch_cols = torch.arange(cols).repeat(rows)
     vit.trainable = True
     vit.train()
     params = list(vit.parameters()) + list(probe.parameters())
@@ -91,8 +99,11 @@ def pretrain_tiny_vision(cfg, log=print) -> Path:
     for step in range(steps):
         idx = torch.randint(0, len(items), (cfg.micro_batch_size,), generator=g)
         tokens = vit(pixels[idx])
+        n = len(idx)
         loss = (F.cross_entropy(probe.color(tokens).flatten(0, 1), colors[idx].flatten())
                 + F.cross_entropy(probe.kind(tokens).flatten(0, 1), kinds[idx].flatten())
+                + F.cross_entropy(probe.row(tokens).flatten(0, 1), patch_rows.repeat(n))
+                + F.cross_entropy(probe.col(tokens).flatten(0, 1), patch_cols.repeat(n))
                 + F.cross_entropy(probe.count(tokens.mean(dim=1)), counts[idx]))
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
