@@ -36,7 +36,13 @@ class _HFEncoder(VisionEncoder):
 
     @property
     def hf_model(self) -> nn.Module:
-        raise NotImplementedError
+        return self.model
+
+    def _square_patch_grid(self, side: int) -> None:
+        """The encoder emits exactly a side × side grid of patch tokens, in raster order."""
+        self.patch_grid = (side, side)
+        self.patch_span = (0, side * side)
+        self.num_tokens = side * side
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         self.hf_model.save_pretrained(os.fspath(directory))
@@ -143,17 +149,10 @@ class SiglipEncoder(_HFEncoder):
     def __init__(self, model: nn.Module, *, image_size: int | None = None) -> None:
         super().__init__(model, image_size)
         self.model = model
-        side = _grid_side(self.image_size, int(model.config.patch_size), "SigLIP")
-        self.patch_grid = (side, side)
-        self.patch_span = (0, side * side)
-        self.num_tokens = side * side
+        self._square_patch_grid(_grid_side(self.image_size, int(model.config.patch_size), "SigLIP"))
         self.hidden_size = int(model.config.hidden_size)
         self.preprocessor = resize_preprocessor(self.image_size, SIGLIP_MEAN, SIGLIP_STD)
         self.freeze()
-
-    @property
-    def hf_model(self) -> nn.Module:
-        return self.model
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.model(
@@ -172,18 +171,11 @@ class Dinov2Encoder(_HFEncoder):
     def __init__(self, model: nn.Module, *, image_size: int | None = None) -> None:
         super().__init__(model, image_size)
         self.model = model
-        side = _grid_side(self.image_size, int(model.config.patch_size), "DINOv2")
+        self._square_patch_grid(_grid_side(self.image_size, int(model.config.patch_size), "DINOv2"))
         self.num_prefix_tokens = 1 + int(getattr(model.config, "num_register_tokens", 0))
-        self.patch_grid = (side, side)
-        self.patch_span = (0, side * side)
-        self.num_tokens = side * side
         self.hidden_size = int(model.config.hidden_size)
         self.preprocessor = resize_preprocessor(self.image_size, IMAGENET_MEAN, IMAGENET_STD)
         self.freeze()
-
-    @property
-    def hf_model(self) -> nn.Module:
-        return self.model
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # HF DINOv2 resamples its position table itself whenever the grid differs from the stored one.
@@ -207,16 +199,10 @@ class SamEncoder(_HFEncoder):
         side = _grid_side(self.image_size, int(model.config.patch_size), "SAM")
         if side % 2:
             raise ValueError(f"SAM neck grid {side}x{side} is odd; 2x2 space-to-depth needs an even grid")
-        self.patch_grid = (side // 2, side // 2)
-        self.patch_span = (0, (side // 2) ** 2)
-        self.num_tokens = (side // 2) ** 2
+        self._square_patch_grid(side // 2)
         self.hidden_size = 4 * int(model.config.output_channels)
         self.preprocessor = resize_preprocessor(self.image_size, IMAGENET_MEAN, IMAGENET_STD)
         self.freeze()
-
-    @property
-    def hf_model(self) -> nn.Module:
-        return self.model
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         neck = self.model(pixel_values=pixel_values).last_hidden_state
