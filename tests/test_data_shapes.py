@@ -20,6 +20,7 @@ from visualrwkv.data.shapes import (
     ANSWER_SUFFIX,
     COLORS,
     QUESTION_TYPES,
+    TRAIN_TYPE_WEIGHTS,
     QuestionBalancer,
     Scene,
     Shape,
@@ -79,12 +80,12 @@ def oracle(scene: Scene, question: str) -> tuple[str, str]:
         return "count", str(len(find(scene, color=m[1])))
     if m := re.fullmatch(r"(?:Is there|Does the image contain) an? (\w+) (\w+)(?: in the image)?\?", q):
         return "existence", "Yes" if find(scene, m[1], m[2]) else "No"
-    if m := re.fullmatch(r"Is the (\w+) (\w+) (to the left of|left of|to the right of|right of|above|below) the (\w+) (\w+)\?", q):
+    if m := re.fullmatch(r"Is the (\w+) (\w+) (?:to the left or to the right of|left or right of|(above or below)) the (\w+) (\w+)\?", q):
         a, b = the(scene, m[1], m[2]), the(scene, m[4], m[5])
-        axis = 0 if "left" in m[3] or "right" in m[3] else 1
+        axis = 1 if m[3] else 0
         before, after = clearly_before(a, b, axis), clearly_before(b, a, axis)
-        assert before or after, f"relation {m[3]!r} is not clear-cut: {a} vs {b}"
-        return "position", "Yes" if before == (m[3] in ("to the left of", "left of", "above")) else "No"
+        assert before or after, f"the relation is not clear-cut: {a} vs {b}"
+        return "position", ("Above" if before else "Below") if axis else ("Left" if before else "Right")
     if m := re.fullmatch(r"(?:Which side of the image is the (\w+) (\w+) on, left or right|Is the (\w+) (\w+) on the left or right side of the image)\?", q):
         s = the(scene, m[1] or m[3], m[2] or m[4])
         left, _, right, _ = box(s)
@@ -144,13 +145,14 @@ def test_rendered_shapes_sit_where_the_scene_says_and_do_not_touch():
                 assert not (masks[i] & masks[j]).any(), "shapes overlap in pixels"
 
 
-def test_caption_lists_shapes_left_to_right_with_articles():
+def test_caption_lists_shapes_left_to_right_with_articles_and_where_they_are():
     bg = (240, 240, 240)
-    scene = Scene((Shape("square", "blue", 0.7, 0.5, 0.12), Shape("circle", "orange", 0.2, 0.3, 0.12),
+    scene = Scene((Shape("square", "blue", 0.7, 0.6, 0.12), Shape("circle", "orange", 0.2, 0.3, 0.12),
                    Shape("triangle", "green", 0.45, 0.8, 0.12)), bg)
-    assert caption(scene) == "An orange circle, a green triangle and a blue square."
-    assert caption(Scene(scene.shapes[:1], bg)) == "A blue square."
-    assert caption(Scene(scene.shapes[:2], bg)) == "An orange circle and a blue square."
+    assert caption(scene) == ("An orange circle at the top left, a green triangle at the bottom left"
+                              " and a blue square at the bottom right.")
+    assert caption(Scene(scene.shapes[:1], bg)) == "A blue square at the bottom right."
+    assert caption(Scene(scene.shapes[:2], bg)) == "An orange circle at the top left and a blue square at the bottom right."
 
 
 # ---------------------------------------------------------------- files
@@ -217,11 +219,17 @@ def test_question_types_and_yes_no_are_balanced(dataset, split):
     rows = dataset[split]
     types = collections.Counter(row["question_type"] for row in rows)
     assert set(types) == set(QUESTION_TYPES)
-    assert max(types.values()) - min(types.values()) <= 0.05 * len(rows)
+    # training asks position questions twice as often (TRAIN_TYPE_WEIGHTS); the held-out split is balanced
+    weights = {t: TRAIN_TYPE_WEIGHTS.get(t, 1.0) if split == "stage2" else 1.0 for t in QUESTION_TYPES}
+    shares = [types[t] / weights[t] for t in QUESTION_TYPES]
+    assert max(shares) - min(shares) <= 0.05 * len(rows), types
     answers = collections.Counter((row["question_type"], row["conversations"][1]["value"]) for row in rows)
-    for qtype in ("existence", "position"):
-        assert abs(answers[(qtype, "Yes")] - answers[(qtype, "No")]) <= 1
-        assert answers[(qtype, "Yes")] > 0
+    assert abs(answers[("existence", "Yes")] - answers[("existence", "No")]) <= 1
+    assert answers[("existence", "Yes")] > 0
+    # relations are asked about both orders of a pair, so each direction is the answer about as often
+    for first, second in (("Left", "Right"), ("Above", "Below"), ("Top", "Bottom")):
+        a, b = answers[("position", first)], answers[("position", second)]
+        assert a > 0 and b > 0 and abs(a - b) <= 3 * (a + b) ** 0.5, (first, a, second, b)  # 3 sigma of a fair coin
     # each image asks distinct question types
     per_image = collections.defaultdict(list)
     for row in rows:

@@ -78,3 +78,18 @@ def test_bad_state_shape_is_named():
     r, k, v, lw, u, s0 = make_inputs(1, 5, 1, "weak")
     with pytest.raises(ValueError, match="WKV state has shape"):
         wkv6(r, k, v, lw, u, s0[:, :, :32])
+
+
+def _fla_on_cuda():
+    from visualrwkv.ops.wkv6 import fla_kernel
+
+    return torch.cuda.is_available() and fla_kernel() is not None
+
+
+@pytest.mark.skipif(not _fla_on_cuda(), reason="needs CUDA and flash-linear-attention")
+@pytest.mark.parametrize("decay", ["weak", "strong"])
+def test_fla_kernel_on_cuda_matches_the_recurrent_form(decay):
+    r, k, v, lw, u, s0 = (t.cuda() for t in make_inputs(2, 100, 2, decay))
+    y, s = wkv6(r, k, v, lw, u, s0)  # the dispatch takes the Triton kernel for T > 1 on CUDA
+    y_ref, s_ref = wkv6_recurrent(r, k, v, lw, u, s0)
+    assert rel_err(y, y_ref) < 1e-3 and rel_err(s, s_ref) < 1e-3

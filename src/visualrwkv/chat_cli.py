@@ -16,8 +16,10 @@ def add_sampling_arguments(p) -> None:
     """The sampling flags shared by the commands that generate (defaults: SamplingParams')."""
     from visualrwkv.engine.sampling import SamplingParams
 
+    from visualrwkv.engine.model_args import add_model_arguments
+
     d = SamplingParams()
-    p.add_argument("--model", help="model directory or official checkpoint (default: the shipped tiny model)")
+    add_model_arguments(p)
     p.add_argument("--temperature", type=float, default=d.temperature, help=f"0 = greedy (default {d.temperature})")
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"default {d.top_p}")
     p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off (default)")
@@ -54,11 +56,12 @@ def add_parser(subparsers) -> None:
 
 
 def _open_engine(args):
-    from visualrwkv.engine.defaults import load_model, model_name
+    from visualrwkv.engine.defaults import model_name
+    from visualrwkv.engine.model_args import load_model_from_args
     from visualrwkv.engine.engine import Engine
 
     params = sampling_params_from_args(args)  # before loading: bad flags fail fast
-    return Engine(load_model(args.model), model_id=model_name(args.model)), params
+    return Engine(load_model_from_args(args), model_id=model_name(args.model)), params
 
 
 def _stream(handle, out) -> str:

@@ -18,10 +18,10 @@ def load_examples(directory: Path = EXAMPLES_DIR) -> list[dict]:
 
 
 def run(args) -> int:
-    from .engine.defaults import load_model
+    from .engine.model_args import load_model_from_args
 
     t0 = time.perf_counter()
-    model = load_model(args.model)
+    model = load_model_from_args(args)
     print(f"model: {args.model or 'the shipped tiny model'} "
           f"(RWKV-6 C={model.config.rwkv.n_embd} L={model.config.rwkv.n_layer}, {model.config.vision.kind} vision; "
           f"loaded in {time.perf_counter() - t0:.1f} s)\n")
@@ -40,5 +40,7 @@ def run(args) -> int:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("demo", help="answer questions about the bundled example images")
-    p.add_argument("--model", help="model directory or checkpoint (default: the shipped tiny model)")
+    from .engine.model_args import add_model_arguments
+
+    add_model_arguments(p)
     p.set_defaults(func=run)

@@ -2,8 +2,10 @@
 
 Both run on the same random RWKV-6 weights written in the official `.pth` layout, in one process,
 one after the other for each measurement, so the ratio is taken under the same machine load.
-Reported: prefill tokens/s (median of repeats) at each prompt length, and decode tokens/s at batch 1
-(1 / median per-token latency over the timed steps).
+Reported: prefill tokens/s (median of repeats) at each prompt length, decode tokens/s at batch 1
+(1 / median per-token latency over the timed steps) and, for ours, batched decode tokens/s. Decode
+at batch 1 reads every weight once per token, so it is also compared with the memory-bandwidth
+bound: bytes of weights read per token ÷ the machine's measured copy bandwidth.
 """
 
 from __future__ import annotations
@@ -31,6 +33,26 @@ class LMBenchRow:
     prompt_tokens: int
     prefill_tok_s: float
     decode_tok_s: float
+    weight_bytes_per_token: int | None = None  # weights a batch-1 decode step reads
+    decode_bound_tok_s: float | None = None  # copy bandwidth / weight_bytes_per_token
+    batch: int = 1
+    batched_decode_tok_s: float | None = None  # tokens/s of all rows at `batch`
+
+
+def copy_bandwidth(nbytes: int = 512 << 20, repeats: int = 7) -> float:
+    """Bytes/s moved by a large in-memory copy, counting the read and the write (the STREAM
+    convention), median of `repeats`; the buffer is far larger than any cache."""
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in
+    return 2 * nbytes / _median_time(lambda: dst.copy_(src), repeats)
+
+
+def weight_bytes_per_token(model) -> int:
+    """Bytes of weights a one-token step reads: every block, ln_out, the head and one embedding row."""
+    per_row = model.emb.weight[0].numel() * model.emb.weight.element_size()
+    read = [model.blocks, model.ln_out, model.head]
+    return per_row + sum(p.numel() * p.element_size() for m in read for p in m.parameters())
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -52,67 +74,103 @@ def _load_reference(path: Path):
     return ReferenceRWKV(model=str(path)[: -len(".pth")], strategy="cpu fp32", verbose=False)
 
 
+def _decode_latency(step, state, first_tokens: list[int], steps: int) -> float:
+    """Median seconds per greedy step over `steps` steps, after 2 warm-up steps."""
+    latencies, tokens = [], first_tokens
+    for _ in range(steps + 2):
+        t0 = time.perf_counter()
+        logits, state = step(tokens, state)
+        latencies.append(time.perf_counter() - t0)
+        tokens = logits.reshape(len(first_tokens), -1).argmax(-1).tolist()
+    return statistics.median(latencies[2:])
+
+
 @torch.no_grad()
 def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_steps: int, repeats: int,
-                 vocab_size: int = 65536, log=print) -> list[LMBenchRow]:
+                 vocab_size: int = 65536, bandwidth: float | None = None, batch: int = 8, bf16: bool = False,
+                 log=print) -> list[LMBenchRow]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pth"
         torch.save(random_rwkv6_state_dict(n_embd, n_layer, vocab_size, seed=0), path)
-        ours = load_rwkv(path)
+        models = {"visualrwkv": load_rwkv(path)}
+        if bf16:
+            models["visualrwkv-bf16"] = load_rwkv(path, dtype=torch.bfloat16)
         reference = _load_reference(path)
     g = torch.Generator().manual_seed(0)
     rows = []
     for T in prompt_lengths:
         prompt = torch.randint(1, min(vocab_size, 65530), (T,), generator=g)
         ids = prompt.tolist()
-        impls = {"visualrwkv": (lambda: ours(prompt[None], logits="last"),
-                                lambda tok, st: ours(torch.tensor([[tok]]), st, logits="last"))}
+        impls = {name: (lambda m=m: m(prompt[None], logits="last"),
+                        lambda toks, st, m=m: m(torch.tensor(toks)[:, None], st, logits="last"), m)
+                 for name, m in models.items()}
         if reference is not None:
             impls["rwkv-0.8"] = (lambda: reference.forward(ids, None),
-                                 lambda tok, st: reference.forward([tok], st))
-        for name, (prefill, step) in impls.items():
+                                 lambda toks, st: reference.forward(toks, st), None)
+        for name, (prefill, step, model) in impls.items():
             prefill()  # warm-up (TorchScript compiles on the first call)
             t_prefill = _median_time(prefill, repeats)
             _, state = prefill()
-            latencies = []
-            tok = 1
-            for i in range(decode_steps + 2):
-                t0 = time.perf_counter()
-                logits, state = step(tok, state)
-                latencies.append(time.perf_counter() - t0)
-                tok = int(logits.reshape(-1).argmax())
-            decode = 1.0 / statistics.median(latencies[2:])  # the first steps warm up
-            row = LMBenchRow(name, n_embd, n_layer, T, T / t_prefill, decode)
-            log(f"  {name:10s} C={n_embd:4d} L={n_layer:2d} T={T:5d}  prefill {row.prefill_tok_s:9.0f} tok/s"
-                f"  decode {row.decode_tok_s:7.1f} tok/s")
+            row = LMBenchRow(name, n_embd, n_layer, T, T / t_prefill,
+                             1.0 / _decode_latency(step, state, [1], decode_steps))
+            text = f"  {name:15s} C={n_embd:4d} L={n_layer:2d} T={T:5d}  prefill {row.prefill_tok_s:9.0f} tok/s" \
+                   f"  decode {row.decode_tok_s:7.1f} tok/s"
+            if model is not None:  # the rwkv package decodes one sequence at a time
+                row.weight_bytes_per_token = weight_bytes_per_token(model)
+                if bandwidth:
+                    row.decode_bound_tok_s = bandwidth / row.weight_bytes_per_token
+                    text += f" (bound {row.decode_bound_tok_s:.1f})"
+                if batch > 1:
+                    row.batch = batch
+                    row.batched_decode_tok_s = batch / _decode_latency(step, state.select([0] * batch),
+                                                                       [1] * batch, decode_steps)
+                    text += f"  batch {batch}: {row.batched_decode_tok_s:7.1f} tok/s"
+            log(text)
             rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[LMBenchRow]) -> str:
-    lines = ["| model | impl | prompt | prefill tok/s | decode tok/s (batch 1) | prefill ratio | decode ratio |",
-             "|---|---|---|---|---|---|---|"]
-    ref = {(r.n_embd, r.n_layer, r.prompt_tokens): r for r in rows if r.impl != "visualrwkv"}
+    lines = ["| model | impl | prompt | prefill tok/s | decode tok/s (batch 1) | bandwidth bound tok/s | "
+             "bound / decode | batched decode tok/s | prefill ratio | decode ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    ref = {(r.n_embd, r.n_layer, r.prompt_tokens): r for r in rows if r.impl.startswith("rwkv")}
     for r in rows:
         base = ref.get((r.n_embd, r.n_layer, r.prompt_tokens))
-        ratio_p = f"{r.prefill_tok_s / base.prefill_tok_s:.2f}×" if base and r.impl == "visualrwkv" else ""
-        ratio_d = f"{r.decode_tok_s / base.decode_tok_s:.2f}×" if base and r.impl == "visualrwkv" else ""
+        ours = base is not None and r is not base
+        bound = f"{r.decode_bound_tok_s:.1f}" if r.decode_bound_tok_s else ""
+        gap = f"{r.decode_bound_tok_s / r.decode_tok_s:.2f}×" if r.decode_bound_tok_s else ""
+        batched = f"{r.batched_decode_tok_s:.1f} (batch {r.batch})" if r.batched_decode_tok_s else ""
+        ratio_p = f"{r.prefill_tok_s / base.prefill_tok_s:.2f}×" if ours else ""
+        ratio_d = f"{r.decode_tok_s / base.decode_tok_s:.2f}×" if ours else ""
         lines.append(f"| C{r.n_embd}/L{r.n_layer} | {r.impl} | {r.prompt_tokens} | {r.prefill_tok_s:.0f} | "
-                     f"{r.decode_tok_s:.1f} | {ratio_p} | {ratio_d} |")
+                     f"{r.decode_tok_s:.1f} | {bound} | {gap} | {batched} | {ratio_p} | {ratio_d} |")
     return "\n".join(lines)
 
 
 def run(args) -> int:
-    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs]
+    configs = []
+    for c in args.configs:
+        try:
+            n_embd, n_layer = (int(x) for x in c.split("x"))
+        except ValueError:
+            raise SystemExit(f"--configs: expected WIDTHxLAYERS such as 768x12, got {c!r}") from None
+        configs.append((n_embd, n_layer))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bandwidth = copy_bandwidth(args.bandwidth_buffer_mib << 20)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write)")
     rows = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for n_embd, n_layer in configs:
-        rows += bench_config(n_embd, n_layer, args.prompt, args.decode_steps, args.repeats, args.vocab)
+        rows += bench_config(n_embd, n_layer, args.prompt, args.decode_steps, args.repeats, args.vocab,
+                             bandwidth=bandwidth, batch=args.batch, bf16=args.bf16)
     table = markdown_table(rows)
     print(table)
     if args.out:
         with atomic_write(args.out, "w") as f:
             json.dump({"threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "copy_bandwidth_bytes_per_s": bandwidth, "loadavg": list(os.getloadavg()),
                        "rows": [asdict(r) for r in rows]}, f, indent=2)
     return 0
 
@@ -124,5 +182,9 @@ def add_arguments(p) -> None:
     p.add_argument("--decode-steps", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--vocab", type=int, default=65536)
+    p.add_argument("--batch", type=int, default=8, help="rows of the batched decode measurement (1: skip it)")
+    p.add_argument("--bf16", action="store_true", help="also measure ours with bf16 weights")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--bandwidth-buffer-mib", type=int, default=512, help="size of the copy-bandwidth buffer")
     p.add_argument("--out", help="write the results as JSON here")
     p.set_defaults(func=run)

@@ -159,9 +159,18 @@ def with_article(words: str) -> str:
     return ("an " if words[0] in "aeiou" else "a ") + words
 
 
+def quadrant(shape: Shape) -> str:
+    """Where the shape's centre is: "top left", "bottom right", ..."""
+    return ("top" if shape.y < 0.5 else "bottom") + (" left" if shape.x < 0.5 else " right")
+
+
 def caption(scene: Scene) -> str:
-    """"A red circle, a blue square and a green triangle.": shapes listed from left to right."""
-    names = [with_article(s.name) for s in sorted(scene.shapes, key=lambda s: s.x)]
+    """"A red circle at the top left and a blue square at the bottom right.": from left to right.
+
+    Every caption says where each shape is, so stage 1 teaches, densely, which tokens of the image
+    belong to which object and where that object is (the questions give one word of it at a time).
+    """
+    names = [f"{with_article(s.name)} at the {quadrant(s)}" for s in sorted(scene.shapes, key=lambda s: s.x)]
     text = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return text[0].upper() + text[1:] + "."
 
@@ -225,10 +234,16 @@ def ask_existence(scene: Scene, rng, want_yes: bool) -> QA:
     return QA(_pick(rng, EXISTENCE_QUESTIONS).format(with_article(f"{color} {kind}")), _yes_no(want_yes), "existence")
 
 
-RELATION_WORDS = {("x", -1): "left of", ("x", 1): "right of", ("y", -1): "above", ("y", 1): "below"}
+RELATION_QUESTIONS = {
+    "x": ("Is the {} to the left or to the right of the {}?", "Is the {} left or right of the {}?"),
+    "y": ("Is the {} above or below the {}?",),
+}
+RELATION_ANSWERS = {("x", -1): "Left", ("x", 1): "Right", ("y", -1): "Above", ("y", 1): "Below"}
 
 
 def ask_position(scene: Scene, rng, want_yes: bool) -> QA | None:
+    """A relation between two shapes (GQA-style: "Is A to the left or to the right of B?"), or which
+    half of the image a shape is in; only asked where the answer is clear-cut."""
     pairs = [
         (a, b, axis, side)
         for a in scene.shapes
@@ -238,13 +253,10 @@ def ask_position(scene: Scene, rng, want_yes: bool) -> QA | None:
         if (side := apart_on_axis(a, b, axis))
     ]
     sides = [(s, axis, h) for s in scene.shapes for axis in ("x", "y") if (h := half_of_image(s, axis))]
-    if pairs and (not sides or rng.random() < 0.6):
+    if pairs and (not sides or rng.random() < 0.75):
         a, b, axis, side = _pick(rng, pairs)
-        # a "No" uses the opposite relation on the same, clearly separated axis: never a borderline case
-        relation = RELATION_WORDS[(axis, side if want_yes else -side)]
-        if relation in ("left of", "right of") and rng.random() < 0.5:
-            relation = "to the " + relation
-        return QA(f"Is the {a.name} {relation} the {b.name}?", _yes_no(want_yes), "position")
+        question = _pick(rng, RELATION_QUESTIONS[axis]).format(a.name, b.name)
+        return QA(question, RELATION_ANSWERS[(axis, side)], "position")
     if sides:
         s, axis, half = _pick(rng, sides)
         if axis == "x":
@@ -266,20 +278,26 @@ ASKERS = {
 }
 
 
+# Training asks position questions twice as often as the others: comparing two objects is what the
+# tiny model learns last. The held-out split stays balanced.
+TRAIN_TYPE_WEIGHTS = {"position": 2.0}
+
+
 class QuestionBalancer:
     """Chooses question types and yes/no answers so that both stay balanced over a split.
 
-    Per image, types are tried least-used first; a yes/no question asks for whichever answer its
-    type has given less often. Types a scene cannot support are skipped, so counts differ by at
-    most a little.
+    Per image, types are tried least-used first (counts divided by the type's weight, 1 by default);
+    a yes/no question asks for whichever answer its type has given less often. Types a scene cannot
+    support are skipped, so counts differ by at most a little.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, weights: dict[str, float] | None = None) -> None:
+        self.weights = {t: 1.0 for t in QUESTION_TYPES} | dict(weights or {})
         self.type_counts = {t: 0 for t in QUESTION_TYPES}
         self.yes_no = {t: {"Yes": 0, "No": 0} for t in QUESTION_TYPES}
 
     def questions(self, scene: Scene, rng: np.random.Generator, n: int) -> list[QA]:
-        order = sorted(QUESTION_TYPES, key=lambda t: (self.type_counts[t], rng.random()))
+        order = sorted(QUESTION_TYPES, key=lambda t: (self.type_counts[t] / self.weights[t], rng.random()))
         out: list[QA] = []
         for qtype in order:
             if len(out) == n:
@@ -349,7 +367,7 @@ def generate_shapes_dataset(
 
     for split, count in (("train", num_train_images), ("test", num_test_images)):
         rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-        balancer = QuestionBalancer()
+        balancer = QuestionBalancer(TRAIN_TYPE_WEIGHTS if split == "train" else None)
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
             scene = random_scene(rng)

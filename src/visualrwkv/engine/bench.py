@@ -104,7 +104,9 @@ def random_model(n_embd: int = 128, n_layer: int = 2):
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", help="model directory (default: the shipped tiny model; see --random)")
+    from visualrwkv.engine.model_args import add_model_arguments
+
+    add_model_arguments(p, "model directory or checkpoint (see also --random)")
     p.add_argument("--random", metavar="CxL", help="use random weights of this size instead, e.g. 768x12")
     p.add_argument("--streams", nargs="+", type=int, default=[1, 8, 32], help="concurrent streams (default 1 8 32)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens generated per stream (default 64)")
@@ -114,7 +116,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from visualrwkv.engine.defaults import load_model
+    from visualrwkv.engine.model_args import load_model_from_args, torch_dtype
     from visualrwkv.utils import atomic_write
 
     if args.random:
@@ -122,9 +124,10 @@ def run(args) -> int:
             n_embd, n_layer = (int(x) for x in args.random.lower().split("x"))
         except ValueError:
             raise ValueError(f"--random must look like 768x12 (WIDTHxLAYERS), got {args.random!r}") from None
-        model, name = random_model(n_embd, n_layer), f"random C{n_embd}/L{n_layer}"
+        model = random_model(n_embd, n_layer).to(device=args.device, dtype=torch_dtype(args.dtype))
+        name = f"random C{n_embd}/L{n_layer}"
     else:
-        model, name = load_model(args.model), args.model or "default tiny model"
+        model, name = load_model_from_args(args), args.model or "default tiny model"
     print(f"engine benchmark: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows = bench_engine(model, tuple(args.streams), args.new_tokens, temperature=args.temperature)
     print(markdown_table(rows))

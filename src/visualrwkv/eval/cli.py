@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from visualrwkv.engine.model_args import add_model_arguments
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from visualrwkv.eval.benchmarks import TASK_NAMES
@@ -45,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     heldout = sub.add_parser("heldout", help="exact-match accuracy per question_type on a LLaVA-format QA file")
     heldout.add_argument("--data", required=True, help="LLaVA JSON with one human and one gpt turn per row")
     heldout.add_argument("--image-root", help="image paths are relative to this (default: the file's folder)")
-    heldout.add_argument("--model", help="model directory or checkpoint (default: the shipped tiny model)")
+    add_model_arguments(heldout, "model directory or checkpoint")
     heldout.add_argument("--limit", type=int, help="only the first N rows")
     heldout.add_argument("--out", help="also write the result as JSON to this file")
     heldout.set_defaults(func=run_heldout)
@@ -58,7 +60,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def add_run_arguments(p, task_names, required: bool) -> None:
     p.add_argument("--task", required=required, choices=task_names)
     p.add_argument("--data", required=required, help="the benchmark folder (see `visualrwkv eval layout`)")
-    p.add_argument("--model", help="model directory or checkpoint (default: the shipped tiny model)")
+    add_model_arguments(p, "model directory or checkpoint")
     p.add_argument("--out", help="folder for predictions.jsonl and results.{md,json} (default: runs/eval/TASK)")
     p.add_argument("--split", help="benchmark split (default: the task's first)")
     p.add_argument("--variant", help="scorer variant (default: the task's first)")
@@ -69,6 +71,7 @@ def add_run_arguments(p, task_names, required: bool) -> None:
 
 
 def run_run(args) -> int:
+    from visualrwkv.engine.model_args import load_model_from_args
     from visualrwkv.eval.report import render_markdown
     from visualrwkv.eval.run import run_eval
 
@@ -77,7 +80,7 @@ def run_run(args) -> int:
     if not args.task or not args.data:
         raise ValueError("eval needs --task and --data (or a sub-command: see `visualrwkv eval --help`)")
     out = args.out or f"runs/eval/{args.task}"
-    result = run_eval(args.task, args.data, out, model_path=args.model, split=args.split, variant=args.variant,
+    result = run_eval(args.task, args.data, out, model=load_model_from_args(args), split=args.split, variant=args.variant,
                       prompt=args.prompt, limit=args.limit, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens)
     print(render_markdown([result]), end="")
@@ -94,11 +97,11 @@ def run_heldout(args) -> int:
     import dataclasses
     import json
 
-    from visualrwkv.engine.defaults import load_model
+    from visualrwkv.engine.model_args import load_model_from_args
     from visualrwkv.eval.heldout import evaluate_heldout
     from visualrwkv.utils import atomic_write
 
-    result = evaluate_heldout(load_model(args.model), args.data, args.image_root, args.limit, progress=True)
+    result = evaluate_heldout(load_model_from_args(args), args.data, args.image_root, args.limit, progress=True)
     print(result.markdown())
     if args.out:
         with atomic_write(args.out, "w") as f:

@@ -6,12 +6,15 @@ Layout (the flash-linear-attention convention): r, k, v, log_w are [B, T, H, N];
 
     y_t[i] = Σ_j r_t[j] (u[j] k_t[j] v_t[i] + S[j, i]);   S[j, i] ← exp(log_w_t[j]) S[j, i] + k_t[j] v_t[i]
 
-`wkv6` is the one dispatch point: the recurrent step for a single token, a GPU kernel when one is
-available (none wired yet: the Triton kernels of flash-linear-attention can be plugged in here), and
-the chunked form otherwise. All math runs in fp32; outputs are fp32.
+`wkv6` is the one dispatch point: the recurrent step for a single token; on CUDA, the Triton kernel
+of flash-linear-attention (`pip install flash-linear-attention`) when it imports; the chunked form
+otherwise. All math runs in fp32; outputs are fp32.
 """
 
 from __future__ import annotations
+
+import inspect
+import os
 
 import torch
 from torch import Tensor
@@ -137,7 +140,39 @@ def wkv6(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tenso
         S = _initial_state(state, B, H, N, r.device)
         y, S = wkv6_step(r[:, 0], k[:, 0], v[:, 0], log_w[:, 0], u, S)
         return y.unsqueeze(1), S
+    if r.is_cuda and (kernel := fla_kernel()) is not None:
+        return wkv6_fla(kernel, r, k, v, log_w, u, state)
     return wkv6_chunked(r, k, v, log_w, u, state)
+
+
+_FLA_UNSET = object()
+_fla = _FLA_UNSET
+
+
+def fla_kernel():
+    """flash-linear-attention's chunked RWKV-6 Triton kernel, or None (not installed, no Triton, or
+    VISUALRWKV_FLA=0). Looked up once."""
+    global _fla
+    if _fla is _FLA_UNSET:
+        _fla = None
+        if os.environ.get("VISUALRWKV_FLA", "1") != "0":
+            try:
+                from fla.ops.rwkv6 import chunk_rwkv6
+            except Exception:  # ImportError, or Triton failing to initialise
+                chunk_rwkv6 = None
+            _fla = chunk_rwkv6
+    return _fla
+
+
+def wkv6_fla(kernel, r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tensor | None = None):
+    """Our layout is fla's ([B,T,H,N], state [B,H,K,V], log-space decay); scale 1 (RWKV does not
+    scale r·k). Older fla versions default to head-first inputs, so the layout is named when the
+    kernel takes it. Inputs go in as fp32, as in the PyTorch path."""
+    B, T, H, N = r.shape
+    kwargs = {"head_first": False} if "head_first" in inspect.signature(kernel).parameters else {}
+    y, S = kernel(r.float(), k.float(), v.float(), log_w.float().clamp_min(LOG_DECAY_FLOOR), u.float(), scale=1.0,
+                  initial_state=_initial_state(state, B, H, N, r.device), output_final_state=True, **kwargs)
+    return y.float(), S.float()
 
 
 def _initial_state(state, B, H, N, device):

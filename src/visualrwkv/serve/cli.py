@@ -6,7 +6,9 @@ import os
 
 
 def _add_engine_arguments(p) -> None:
-    p.add_argument("--model", help="model directory or official checkpoint (default: the shipped tiny model)")
+    from visualrwkv.engine.model_args import add_model_arguments
+
+    add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--max-batch-size", type=int, default=32, help="requests decoded together (default 32)")
     p.add_argument("--max-prompt-tokens", type=int, default=4096,
@@ -38,13 +40,14 @@ def add_parser(subparsers) -> None:
 
 
 def build_engine(args):
-    from visualrwkv.engine.defaults import load_model, model_name
+    from visualrwkv.engine.defaults import model_name
+    from visualrwkv.engine.model_args import load_model_from_args
     from visualrwkv.engine.engine import Engine
 
     for name in ("max_batch_size", "max_prompt_tokens", "max_new_tokens", "cache_mb", "port"):
         if getattr(args, name) < (0 if name == "cache_mb" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    model = load_model(args.model)
+    model = load_model_from_args(args)
     return Engine(model, model_id=model_name(args.model), max_batch_size=args.max_batch_size,
                   cache_bytes=args.cache_mb * 1024 * 1024, max_prompt_tokens=args.max_prompt_tokens,
                   max_new_tokens=args.max_new_tokens)

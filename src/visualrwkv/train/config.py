@@ -121,7 +121,7 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
         # and so does the pretrained vision encoder.
         "tiny": [
             dict(task="vision_shapes", data=os.path.join(tiny_data, "stage1.json"), prepare="shapes",
-                 model=TINY_MODEL, lr=2e-3, micro_batch_size=64, max_steps=400, log_every=100,
+                 model=TINY_MODEL, lr=2e-3, micro_batch_size=64, max_steps=1200, log_every=200,
                  out_dir=os.path.join(out_dir, "tiny", "stage0")),
             dict(data=os.path.join(tiny_data, "stage1.json"), prepare="shapes", image_position="first", ctx_len=256,
                  trainable=TINY_TRAINABLE, lr=1e-3, lr_final=2e-4, warmup_steps=20, micro_batch_size=32,

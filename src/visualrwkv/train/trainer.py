@@ -174,9 +174,12 @@ class Trainer:
         # matrices decay; vectors (squeezed rank < 2: norms, mixes, biases) do not (SPEC §8.3)
         decay = [p for p in params if sum(d > 1 for d in p.shape) >= 2]
         no_decay = [p for p in params if sum(d > 1 for d in p.shape) < 2]
+        # the fused kernel is several times faster than the per-tensor loop (a tenth of a tiny model's
+        # step on CPU); FSDP's sharded parameters take the multi-tensor path instead
+        implementation = {"foreach": True} if self.dist.world_size > 1 and cfg.distributed == "fsdp" else {"fused": True}
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, **implementation)
         self.step = 0
         self.samples_seen = 0
         self.epoch = 0

@@ -27,8 +27,16 @@ from ..model import VisualRWKV, VisualRWKVConfig
 COLOR_NAMES = list(COLORS)
 
 
-def patch_labels(scene: Scene, grid: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per patch: (colour index + 1, kind index + 1) of the shape covering most of it, 0 = background."""
+POSITION_BINS = 8  # object-centre targets: x and y quantised into this many bins
+
+
+def patch_labels(scene: Scene, grid: int, image_size: int) -> np.ndarray:
+    """[grid², 4] per patch: colour, kind, centre-x bin and centre-y bin of the shape covering most of it.
+
+    Each value is 1 + the index (0 = background: no shape covers 15% of the patch). The centre bins
+    are those of the whole shape, not of the patch: every token of an object then says where the
+    object is, which is what "left of" and "above" questions compare.
+    """
     cover = np.zeros((len(scene.shapes), grid, grid))
     for n, s in enumerate(scene.shapes):
         mask = Image.new("L", (image_size, image_size), 0)
@@ -43,27 +51,58 @@ def patch_labels(scene: Scene, grid: int, image_size: int) -> tuple[np.ndarray, 
         m = np.asarray(mask, dtype=np.float64)
         cell = image_size // grid
         cover[n] = m.reshape(grid, cell, grid, cell).mean(axis=(1, 3))
-    best = cover.argmax(axis=0)
-    present = cover.max(axis=0) >= 0.15
-    colors = np.where(present, [[COLOR_NAMES.index(scene.shapes[b].color) + 1 for b in row] for row in best], 0)
-    kinds = np.where(present, [[KINDS.index(scene.shapes[b].kind) + 1 for b in row] for row in best], 0)
-    return colors.reshape(-1), kinds.reshape(-1)
+    best = cover.argmax(axis=0).reshape(-1)
+    present = cover.max(axis=0).reshape(-1) >= 0.15
+    to_bin = lambda v: min(int(v * POSITION_BINS), POSITION_BINS - 1)  # noqa: E731
+    per_shape = np.array([[COLOR_NAMES.index(s.color), KINDS.index(s.kind), to_bin(s.x), to_bin(s.y)]
+                          for s in scene.shapes]) + 1
+    return np.where(present[:, None], per_shape[best], 0)
 
 
 class ShapesProbe(nn.Module):
-    """Linear read-outs on the encoder's tokens: per-patch colour, kind, row and column; pooled count.
+    """Linear read-outs on the encoder's tokens: per patch, what covers it (colour, kind), where that
+    object's centre is (x and y bins) and where the patch itself is (row, column); pooled, the count.
 
-    The row/column targets keep "where" in every token: the language model reads the image as a
+    The position targets keep "where" in every token: the language model reads the image as a
     sequence and has no position encoding of its own to tell left from right.
     """
 
     def __init__(self, width: int, rows: int, cols: int):
         super().__init__()
-        self.color = nn.Linear(width, len(COLOR_NAMES) + 1)
-        self.kind = nn.Linear(width, len(KINDS) + 1)
+        self.patch_heads = nn.ModuleList(
+            nn.Linear(width, n + 1) for n in (len(COLOR_NAMES), len(KINDS), POSITION_BINS, POSITION_BINS)
+        )
         self.row = nn.Linear(width, rows)
         self.col = nn.Linear(width, cols)
         self.count = nn.Linear(width, 3)
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        batch, patches, _ = tokens.shape
+        rows, cols = self.row.out_features, self.col.out_features
+        loss = sum(F.cross_entropy(head(tokens).flatten(0, 1), labels[..., i].flatten())
+                   for i, head in enumerate(self.patch_heads))
+        loss = loss + F.cross_entropy(self.row(tokens).flatten(0, 1), torch.arange(rows).repeat_interleave(cols).repeat(batch))
+        loss = loss + F.cross_entropy(self.col(tokens).flatten(0, 1), torch.arange(cols).repeat(rows * batch))
+        return loss + F.cross_entropy(self.count(tokens.mean(dim=1)), counts)
+
+    @torch.no_grad()
+    def accuracy(self, tokens: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
+        """Accuracy of each patch target on the patches that a shape covers, and of the count."""
+        covered = labels[..., 0] > 0
+        out = {name: (head(tokens).argmax(-1) == labels[..., i])[covered].float().mean().item()
+               for i, (name, head) in enumerate(zip(("colour", "kind", "x", "y"), self.patch_heads))}
+        out["count"] = (self.count(tokens.mean(dim=1)).argmax(-1) == counts).float().mean().item()
+        return out
+
+
+def _load_split(data_dir: Path, scenes: dict, split: str, vit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    items = [(data_dir / name, Scene.from_dict(s)) for name, s in scenes.items() if f"/{split}/" in name]
+    pixels = torch.stack([vit.preprocess(path) for path, _ in items]) if items else torch.empty(0)
+    rows, _ = vit.patch_grid
+    labels = torch.tensor(np.stack([patch_labels(scene, rows, vit.image_size) for _, scene in items]),
+                          dtype=torch.long) if items else torch.empty(0, dtype=torch.long)
+    counts = torch.tensor([len(scene.shapes) - 1 for _, scene in items], dtype=torch.long)
+    return pixels, labels, counts
 
 
 def pretrain_tiny_vision(cfg, log=print) -> Path:
@@ -74,48 +113,41 @@ def pretrain_tiny_vision(cfg, log=print) -> Path:
     if not scenes_path.is_file():
         raise FileNotFoundError(f"{scenes_path} not found: vision pretraining needs the shapes generator's scenes")
     meta = json.loads(scenes_path.read_text())
-    items = [(data_dir / name, Scene.from_dict(s)) for name, s in meta["scenes"].items() if "/train/" in name]
     model = VisualRWKV(VisualRWKVConfig.from_dict(dict(cfg.model)))
     vit = model.vit
     if vit.kind != "tiny":
         raise ValueError("vision pretraining is for the tiny from-scratch encoder")
-    rows, cols = vit.patch_grid
-    pixels = torch.stack([vit.preprocess(path) for path, _ in items])
-    labels = [patch_labels(scene, rows, vit.image_size) for _, scene in items]
-    colors = torch.tensor(np.stack([c for c, _ in labels]), dtype=torch.long)
-    kinds = torch.tensor(np.stack([k for _, k in labels]), dtype=torch.long)
-    counts = torch.tensor([len(scene.shapes) - 1 for _, scene in items])
+    pixels, labels, counts = _load_split(data_dir, meta["scenes"], "train", vit)
+    if not len(pixels):
+        raise ValueError(f"{scenes_path} has no training images")
+    test = _load_split(data_dir, meta["scenes"], "test", vit)
 
-    probe = ShapesProbe(vit.hidden_size, rows, cols)
-    patch_rows = torch.arange(rows).repeat_interleave(cols)
-    patch_cols = torch.arange(cols).repeat(rows)
+    probe = ShapesProbe(vit.hidden_size, *vit.patch_grid)
     vit.trainable = True
     vit.train()
     params = list(vit.parameters()) + list(probe.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    steps = cfg.max_steps or math.ceil(cfg.epochs * len(items) / cfg.micro_batch_size)
+    steps = cfg.max_steps or math.ceil(cfg.epochs * len(pixels) / cfg.micro_batch_size)
     g = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     for step in range(steps):
-        idx = torch.randint(0, len(items), (cfg.micro_batch_size,), generator=g)
+        idx = torch.randint(0, len(pixels), (cfg.micro_batch_size,), generator=g)
         tokens = vit(pixels[idx])
-        n = len(idx)
-        loss = (F.cross_entropy(probe.color(tokens).flatten(0, 1), colors[idx].flatten())
-                + F.cross_entropy(probe.kind(tokens).flatten(0, 1), kinds[idx].flatten())
-                + F.cross_entropy(probe.row(tokens).flatten(0, 1), patch_rows.repeat(n))
-                + F.cross_entropy(probe.col(tokens).flatten(0, 1), patch_cols.repeat(n))
-                + F.cross_entropy(probe.count(tokens.mean(dim=1)), counts[idx]))
+        loss = probe.loss(tokens, labels[idx], counts[idx])
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-            with torch.no_grad():
-                acc = (probe.color(tokens).argmax(-1) == colors[idx]).float().mean().item()
-            log(f"vision pretraining step {step + 1}/{steps}: loss {loss.item():.3f}, patch colour accuracy "
-                f"{acc:.3f} ({time.perf_counter() - t0:.0f} s)")
+            log(f"vision pretraining step {step + 1}/{steps}: loss {loss.item():.3f} "
+                f"({time.perf_counter() - t0:.0f} s)")
     vit.eval()
+    if len(test[0]):
+        with torch.no_grad():
+            tokens = torch.cat([vit(chunk) for chunk in test[0].split(256)])
+        accuracy = probe.accuracy(tokens, test[1], test[2])
+        log("held-out probe accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
     final = Path(cfg.out_dir) / "final"
     model.save_pretrained(final)
     return final

@@ -71,7 +71,7 @@ class BatchInvariantConv2d(nn.Conv2d):
     oneDNN picks its convolution algorithm by batch size, which changes the result in the last
     bits; the engine's "batched answers equal each request alone" guarantee needs exact equality.
     Same parameters and state-dict keys as nn.Conv2d (groups=1, dilation=1, zero padding only);
-    slower, which is fine at this size.
+    slower, so training (where batches are fixed anyway) uses the native convolution.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -80,6 +80,8 @@ class BatchInvariantConv2d(nn.Conv2d):
             raise ValueError("BatchInvariantConv2d supports only groups=1, dilation=1 and numeric zero padding")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return super().forward(x)
         batch, _, height, width = x.shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         columns = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # [B, C·kh·kw, L]

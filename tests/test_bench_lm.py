@@ -1,0 +1,47 @@
+"""`visualrwkv bench lm`: the CI smoke run at tiny size (files and fields, never timings)."""
+
+import json
+
+import pytest
+import torch
+
+from visualrwkv.bench.lm import copy_bandwidth, weight_bytes_per_token
+from visualrwkv.cli import main
+from visualrwkv.rwkv.model import RWKV, RWKVConfig
+
+
+def test_quick_lm_bench_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "lm.json"
+    assert main(["bench", "lm", "--configs", "64x2", "--prompt", "20", "--decode-steps", "2", "--repeats", "1",
+                 "--vocab", "300", "--batch", "3", "--bf16", "--bandwidth-buffer-mib", "8",
+                 "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["copy_bandwidth_bytes_per_s"] > 0
+    rows = {r["impl"]: r for r in results["rows"]}
+    assert set(rows) == {"visualrwkv", "visualrwkv-bf16", "rwkv-0.8"}
+    for row in rows.values():
+        assert (row["n_embd"], row["n_layer"], row["prompt_tokens"]) == (64, 2, 20)
+        assert row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0
+    ours, bf16 = rows["visualrwkv"], rows["visualrwkv-bf16"]
+    assert ours["weight_bytes_per_token"] == 2 * bf16["weight_bytes_per_token"]
+    assert ours["decode_bound_tok_s"] == pytest.approx(results["copy_bandwidth_bytes_per_s"] / ours["weight_bytes_per_token"])
+    assert ours["batch"] == 3 and ours["batched_decode_tok_s"] > 0
+    assert rows["rwkv-0.8"]["batched_decode_tok_s"] is None  # the package decodes one sequence at a time
+    assert "| C64/L2 | visualrwkv | 20 |" in capsys.readouterr().out
+
+
+def test_weight_bytes_count_blocks_head_and_one_embedding_row():
+    model = RWKV(RWKVConfig(n_embd=64, n_layer=2, vocab_size=300))
+    everything = sum(p.numel() * 4 for p in model.parameters())
+    fp32 = weight_bytes_per_token(model)
+    assert fp32 == everything - 299 * 64 * 4
+    assert weight_bytes_per_token(model.to(torch.bfloat16)) == fp32 // 2  # (Module.to converts in place)
+
+
+def test_copy_bandwidth_is_a_rate():
+    assert 1e8 < copy_bandwidth(4 << 20, repeats=3) < 1e13
+
+
+def test_bad_config_is_named():
+    with pytest.raises(SystemExit, match="768by12"):
+        main(["bench", "lm", "--configs", "768by12"])
