@@ -135,3 +135,24 @@ def test_initialisation_is_the_spec_one():
     assert att.time_decay[0, 0, -1].item() == pytest.approx(-1.0)
     assert torch.count_nonzero(att.time_maa_w1) == 0 and att.time_maa_w2.abs().max() <= 0.01
     assert model.blocks[2].att.time_faaaa.view(-1)[0].item() == pytest.approx(1.0 + 0.0)
+
+
+def test_gemv_layout_keeps_values_names_and_results(lm, tmp_path):
+    import copy
+
+    from visualrwkv.rwkv.checkpoint import load_rwkv, save_rwkv
+
+    fast = copy.deepcopy(lm).use_gemv_layout()
+    head = fast.head.weight
+    assert head.shape == lm.head.weight.shape and head.stride() == (1, head.shape[0])  # [in, out] in memory
+    assert torch.equal(head, lm.head.weight) and fast.state_dict().keys() == lm.state_dict().keys()
+    x = tokens(2, 7)
+    with torch.no_grad():
+        (a, sa), (b, sb) = lm(x), fast(x)
+        assert rel_err(b, a) < 1e-5 and rel_err(sb.wkv, sa.wkv) < 1e-5
+        step_a, _ = lm(x[:, :1], sa)
+        step_b, _ = fast(x[:, :1], sb)
+        assert rel_err(step_b, step_a) < 1e-5
+    save_rwkv(fast, tmp_path / "m.safetensors")  # saved contiguous, loads like any checkpoint
+    assert torch.equal(load_rwkv(tmp_path / "m.safetensors").head.weight, lm.head.weight)
+    assert fast.to(torch.bfloat16).head.weight.stride() == head.stride()  # dtype casts keep the layout

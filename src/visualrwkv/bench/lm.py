@@ -34,6 +34,7 @@ class LMBenchRow:
     prefill_tok_s: float
     decode_tok_s: float
     weight_bytes_per_token: int | None = None  # weights a batch-1 decode step reads
+    copy_bandwidth_bytes_per_s: float | None = None  # measured just before this row's decode steps
     decode_bound_tok_s: float | None = None  # copy bandwidth / weight_bytes_per_token
     batch: int = 1
     batched_decode_tok_s: float | None = None  # tokens/s of all rows at `batch`
@@ -74,27 +75,29 @@ def _load_reference(path: Path):
     return ReferenceRWKV(model=str(path)[: -len(".pth")], strategy="cpu fp32", verbose=False)
 
 
-def _decode_latency(step, state, first_tokens: list[int], steps: int) -> float:
-    """Median seconds per greedy step over `steps` steps, after 2 warm-up steps."""
-    latencies, tokens = [], first_tokens
-    for _ in range(steps + 2):
+def _greedy_steps(step, state, tokens: list[int], steps: int) -> list[float]:
+    """Seconds of each of `steps` greedy steps from `state` (rows = len(tokens))."""
+    latencies = []
+    for _ in range(steps):
         t0 = time.perf_counter()
         logits, state = step(tokens, state)
         latencies.append(time.perf_counter() - t0)
-        tokens = logits.reshape(len(first_tokens), -1).argmax(-1).tolist()
-    return statistics.median(latencies[2:])
+        tokens = logits.reshape(len(tokens), -1).argmax(-1).tolist()
+    return latencies
 
 
 @torch.no_grad()
 def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_steps: int, repeats: int,
-                 vocab_size: int = 65536, bandwidth: float | None = None, batch: int = 8, bf16: bool = False,
+                 vocab_size: int = 65536, bandwidth_buffer: int = 512 << 20, batch: int = 8, bf16: bool = False,
                  log=print) -> list[LMBenchRow]:
+    """Every measurement alternates between the implementations (prefill repeat by repeat, decode
+    step by step), so a slow spell of the machine hits all of them alike and the ratios hold."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pth"
         torch.save(random_rwkv6_state_dict(n_embd, n_layer, vocab_size, seed=0), path)
-        models = {"visualrwkv": load_rwkv(path)}
+        models = {"visualrwkv": load_rwkv(path).use_gemv_layout()}
         if bf16:
-            models["visualrwkv-bf16"] = load_rwkv(path, dtype=torch.bfloat16)
+            models["visualrwkv-bf16"] = load_rwkv(path, dtype=torch.bfloat16).use_gemv_layout()
         reference = _load_reference(path)
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -104,26 +107,34 @@ def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_st
         impls = {name: (lambda m=m: m(prompt[None], logits="last"),
                         lambda toks, st, m=m: m(torch.tensor(toks)[:, None], st, logits="last"), m)
                  for name, m in models.items()}
-        if reference is not None:
+        if reference is not None:  # the rwkv package decodes one sequence at a time: no batched rows
             impls["rwkv-0.8"] = (lambda: reference.forward(ids, None),
                                  lambda toks, st: reference.forward(toks, st), None)
-        for name, (prefill, step, model) in impls.items():
-            prefill()  # warm-up (TorchScript compiles on the first call)
-            t_prefill = _median_time(prefill, repeats)
-            _, state = prefill()
-            row = LMBenchRow(name, n_embd, n_layer, T, T / t_prefill,
-                             1.0 / _decode_latency(step, state, [1], decode_steps))
+        states = {name: prefill()[1] for name, (prefill, _, _) in impls.items()}  # warm-up (TorchScript compiles)
+        prefill_s = {name: [] for name in impls}
+        for _ in range(repeats):
+            for name, (prefill, _, _) in impls.items():
+                prefill_s[name].append(_median_time(prefill, 1))
+        bandwidth = copy_bandwidth(bandwidth_buffer)  # the bound's denominator, measured now, beside the decode
+        decode_s = {name: [] for name in impls}
+        for _ in range(decode_steps + 2):  # the first 2 steps warm up
+            for name, (_, step, _) in impls.items():
+                decode_s[name] += _greedy_steps(step, states[name], [1], 1)
+        for name, (_, step, model) in impls.items():
+            row = LMBenchRow(name, n_embd, n_layer, T, T / statistics.median(prefill_s[name]),
+                             1.0 / statistics.median(decode_s[name][2:]))
             text = f"  {name:15s} C={n_embd:4d} L={n_layer:2d} T={T:5d}  prefill {row.prefill_tok_s:9.0f} tok/s" \
                    f"  decode {row.decode_tok_s:7.1f} tok/s"
-            if model is not None:  # the rwkv package decodes one sequence at a time
+            if model is not None:
                 row.weight_bytes_per_token = weight_bytes_per_token(model)
-                if bandwidth:
-                    row.decode_bound_tok_s = bandwidth / row.weight_bytes_per_token
-                    text += f" (bound {row.decode_bound_tok_s:.1f})"
+                row.copy_bandwidth_bytes_per_s = bandwidth
+                row.decode_bound_tok_s = bandwidth / row.weight_bytes_per_token
+                text += f" (bound {row.decode_bound_tok_s:.1f})"
                 if batch > 1:
                     row.batch = batch
-                    row.batched_decode_tok_s = batch / _decode_latency(step, state.select([0] * batch),
-                                                                       [1] * batch, decode_steps)
+                    rows_state = states[name].select([0] * batch)
+                    steps = _greedy_steps(step, rows_state, [1] * batch, decode_steps + 2)[2:]
+                    row.batched_decode_tok_s = batch / statistics.median(steps)
                     text += f"  batch {batch}: {row.batched_decode_tok_s:7.1f} tok/s"
             log(text)
             rows.append(row)
@@ -158,19 +169,17 @@ def run(args) -> int:
         configs.append((n_embd, n_layer))
     if args.threads:
         torch.set_num_threads(args.threads)
-    bandwidth = copy_bandwidth(args.bandwidth_buffer_mib << 20)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (read + write)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     rows = []
     for n_embd, n_layer in configs:
         rows += bench_config(n_embd, n_layer, args.prompt, args.decode_steps, args.repeats, args.vocab,
-                             bandwidth=bandwidth, batch=args.batch, bf16=args.bf16)
+                             bandwidth_buffer=args.bandwidth_buffer_mib << 20, batch=args.batch, bf16=args.bf16)
     table = markdown_table(rows)
     print(table)
     if args.out:
         with atomic_write(args.out, "w") as f:
             json.dump({"threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "copy_bandwidth_bytes_per_s": bandwidth, "loadavg": list(os.getloadavg()),
+                       "loadavg": list(os.getloadavg()),
                        "rows": [asdict(r) for r in rows]}, f, indent=2)
     return 0
 

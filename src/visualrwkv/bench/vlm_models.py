@@ -91,7 +91,9 @@ def build_visualrwkv(config: VLMBenchConfig):
         vision=VisionConfig("clip", hf_config=config.vision_config)))
     model.rwkv.load_state_dict(random_rwkv6_state_dict(config.rwkv_n_embd, config.rwkv_n_layer, config.vocab_size,
                                                        seed=config.seed))
-    return model.to(device=config.device, dtype=config.torch_dtype).eval()
+    model = model.to(device=config.device, dtype=config.torch_dtype).eval()
+    model.rwkv.use_gemv_layout()
+    return model
 
 
 def llava_config(config: VLMBenchConfig):

@@ -24,7 +24,9 @@ def load_model(path: str | os.PathLike | None = None, *, dtype: torch.dtype = to
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
-    return VisualRWKV.from_pretrained(path, dtype=dtype, device=device)
+    model = VisualRWKV.from_pretrained(path, dtype=dtype, device=device)
+    model.rwkv.use_gemv_layout()  # inference only: decoding streams input-major weights faster
+    return model
 
 
 def model_name(path: str | os.PathLike | None) -> str:

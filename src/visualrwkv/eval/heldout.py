@@ -30,11 +30,8 @@ def normalise(answer: str) -> str:
 
 
 def evaluate_heldout(model, data: str | Path, image_root: str | Path | None = None, limit: int | None = None,
-                     progress: bool = False, batch_size: int = 32) -> HeldoutResult:
-    """Greedy answers (at most 16 tokens, up to the first blank line) through the batching engine,
-    whose rows are computed exactly as alone, so the score does not depend on `batch_size`."""
-    from ..engine.engine import Engine, ImageInput
-    from ..engine.sampling import SamplingParams
+                     progress: bool = False) -> HeldoutResult:
+    from ..prompts import build_inference_prompt
 
     data = Path(data)
     try:
@@ -43,39 +40,28 @@ def evaluate_heldout(model, data: str | Path, image_root: str | Path | None = No
         raise ValueError(f"{data}: invalid JSON ({e})") from e
     image_root = Path(image_root) if image_root else data.parent
     rows = rows[:limit] if limit else rows
-    for i, row in enumerate(rows):
-        turns = row.get("conversations") or []
-        if len(turns) != 2 or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
-            raise ValueError(f"{data}[{i}] (id {row.get('id')!r}): expected one human turn and one gpt turn")
-    params = SamplingParams(temperature=0.0, top_p=0.0, presence_penalty=0.0, frequency_penalty=0.0, max_tokens=16)
     correct, total, wrong = Counter(), Counter(), []
-    bar = None
+    iterator = rows
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(rows), desc="held-out", dynamic_ncols=True)
-    with Engine(model, max_batch_size=batch_size) as engine:
-        window = 2 * batch_size  # keeps the decode batch full without queueing the whole file
-        for start in range(0, len(rows), window):
-            chunk = rows[start:start + window]
-            handles = []
-            for row in chunk:
-                image = ImageInput.from_path(image_root / row["image"]) if row.get("image") else None
-                handles.append(engine.submit(engine.build_prompt(row["conversations"][0]["value"], image), params))
-            for row, handle in zip(chunk, handles):
-                answer = handle.result().text.split("\n\n")[0].strip()
-                expected = row["conversations"][1]["value"]
-                kind = row.get("question_type", "all")
-                total[kind] += 1
-                if normalise(answer) == normalise(expected):
-                    correct[kind] += 1
-                elif len(wrong) < 10:
-                    wrong.append({"id": row.get("id"), "question": row["conversations"][0]["value"],
-                                  "expected": expected, "answer": answer})
-                if bar is not None:
-                    bar.update(1)
-    if bar is not None:
-        bar.close()
+        iterator = tqdm(rows, desc="held-out", dynamic_ncols=True)
+    for i, row in enumerate(iterator):
+        turns = row.get("conversations") or []
+        if len(turns) != 2 or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
+            raise ValueError(f"{data}[{i}] (id {row.get('id')!r}): expected one human turn and one gpt turn")
+        image = image_root / row["image"] if row.get("image") else None
+        ids = build_inference_prompt(turns[0]["value"], model.config.image_position, has_image=image is not None,
+                                     tokenizer=model.tokenizer)
+        answer = model.tokenizer.decode(model.generate_greedy(ids, [image] if image else [], max_new_tokens=16))
+        answer = answer.split("\n\n")[0].strip()
+        kind = row.get("question_type", "all")
+        total[kind] += 1
+        if normalise(answer) == normalise(turns[1]["value"]):
+            correct[kind] += 1
+        elif len(wrong) < 10:
+            wrong.append({"id": row.get("id"), "question": turns[0]["value"], "expected": turns[1]["value"],
+                          "answer": answer})
     per_type = {k: {"accuracy": correct[k] / total[k], "correct": correct[k], "total": total[k]} for k in total}
     n = sum(total.values())
     return HeldoutResult(sum(correct.values()) / max(1, n), n, per_type, wrong)
