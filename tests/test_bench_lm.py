@@ -25,7 +25,7 @@ def test_quick_lm_bench_through_the_cli(tmp_path, capsys):
     assert ours["weight_bytes_per_token"] == 2 * bf16["weight_bytes_per_token"]
     assert ours["copy_bandwidth_bytes_per_s"] > 0
     assert ours["decode_bound_tok_s"] == pytest.approx(ours["copy_bandwidth_bytes_per_s"] / ours["weight_bytes_per_token"])
-    assert ours["batch"] == 3 and ours["batched_decode_tok_s"] > 0
+    assert ours["batch"] == 3 and ours["batched_decode_tok_s"] > 0 and ours["matrix_pass_tok_s"] > 0
     assert rows["rwkv-0.8"]["batched_decode_tok_s"] is None  # the package decodes one sequence at a time
     assert "| C64/L2 | visualrwkv | 20 |" in capsys.readouterr().out
 

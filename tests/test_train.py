@@ -181,3 +181,34 @@ def test_bad_rows_error_or_are_skipped_and_counted(shapes, tmp_path):
     assert len(trainer.dataset) == 5
     trainer.train()
     assert any("1" in m and "missing_image" in m for m in messages)
+
+
+def test_patch_labels_give_each_covered_patch_its_objects_attributes():
+    from visualrwkv.data.shapes import Scene, Shape
+    from visualrwkv.train.vision_pretrain import POSITION_BINS, patch_labels
+
+    # a red square filling the top-left quarter exactly, a blue circle well inside the bottom-right one
+    scene = Scene((Shape("square", "red", 0.25, 0.25, 0.25), Shape("circle", "blue", 0.8, 0.8, 0.12)), (240,) * 3)
+    labels = patch_labels(scene, grid=4, image_size=64).reshape(4, 4, 4)
+    red = [1 + ["red", "green", "blue", "yellow", "purple", "orange"].index("red"), 1 + 1, 1 + 2, 1 + 2]
+    assert (labels[:2, :2] == torch.tensor(red).numpy()).all()  # colour, kind (square), x bin 2, y bin 2
+    blue_bin = 1 + int(0.8 * POSITION_BINS)
+    assert labels[3, 3].tolist() == [3, 1, blue_bin, blue_bin]  # blue, circle, centre bins of the whole circle
+    assert (labels[:2, 2:] == 0).all() and (labels[2:, :2] == 0).all()  # background
+
+
+def test_vision_pretraining_learns_and_saves_a_loadable_model(shapes, tmp_path):
+    from visualrwkv.train.vision_pretrain import pretrain_tiny_vision
+
+    cfg = TrainConfig(task="vision_shapes", data=str(shapes / "stage1.json"), model=MODEL, lr=2e-3,
+                      micro_batch_size=16, max_steps=80, log_every=20, out_dir=str(tmp_path / "s0"))
+    lines = []
+    final = pretrain_tiny_vision(cfg, log=lines.append)
+    losses = [float(line.split("loss ")[1].split()[0]) for line in lines if "loss" in line]
+    assert len(losses) == 4 and losses[-1] < 0.6 * losses[0], losses
+    assert any(line.startswith("held-out probe accuracy: colour") for line in lines)
+    torch.manual_seed(cfg.seed)  # the same initial model as inside pretrain_tiny_vision
+    before = VisualRWKV(VisualRWKVConfig.from_dict(MODEL))
+    after = VisualRWKV.from_pretrained(final)
+    assert not torch.equal(after.vit.stem[0].weight, before.vit.stem[0].weight)  # the encoder trained
+    torch.testing.assert_close(after.rwkv.head.weight, before.rwkv.head.weight)  # the LM did not

@@ -36,6 +36,7 @@ class LMBenchRow:
     weight_bytes_per_token: int | None = None  # weights a batch-1 decode step reads
     copy_bandwidth_bytes_per_s: float | None = None  # measured just before this row's decode steps
     decode_bound_tok_s: float | None = None  # copy bandwidth / weight_bytes_per_token
+    matrix_pass_tok_s: float | None = None  # 1 / (bare GEMVs over all the matrices): torch's own ceiling
     batch: int = 1
     batched_decode_tok_s: float | None = None  # tokens/s of all rows at `batch`
 
@@ -47,6 +48,20 @@ def copy_bandwidth(nbytes: int = 512 << 20, repeats: int = 7) -> float:
     dst = torch.empty_like(src)
     dst.copy_(src)  # fault the pages in
     return 2 * nbytes / _median_time(lambda: dst.copy_(src), repeats)
+
+
+def matrix_pass_seconds(model, repeats: int = 7) -> float:
+    """Median seconds of one bare one-row product with every projection matrix of `model`, in order:
+    what a decode step costs if it did nothing but read its matrices through torch's GEMV."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    rows = {w.shape[1]: torch.ones(1, w.shape[1], dtype=w.dtype) for w in weights}
+
+    def one_pass():
+        for w in weights:
+            torch.nn.functional.linear(rows[w.shape[1]], w)
+
+    one_pass()
+    return _median_time(one_pass, repeats)
 
 
 def weight_bytes_per_token(model) -> int:
@@ -129,7 +144,8 @@ def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_st
                 row.weight_bytes_per_token = weight_bytes_per_token(model)
                 row.copy_bandwidth_bytes_per_s = bandwidth
                 row.decode_bound_tok_s = bandwidth / row.weight_bytes_per_token
-                text += f" (bound {row.decode_bound_tok_s:.1f})"
+                row.matrix_pass_tok_s = 1.0 / matrix_pass_seconds(model)
+                text += f" (bound {row.decode_bound_tok_s:.1f}, bare GEMVs {row.matrix_pass_tok_s:.1f})"
                 if batch > 1:
                     row.batch = batch
                     rows_state = states[name].select([0] * batch)
@@ -143,19 +159,20 @@ def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_st
 
 def markdown_table(rows: list[LMBenchRow]) -> str:
     lines = ["| model | impl | prompt | prefill tok/s | decode tok/s (batch 1) | bandwidth bound tok/s | "
-             "bound / decode | batched decode tok/s | prefill ratio | decode ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "bound / decode | bare GEMVs tok/s | batched decode tok/s | prefill ratio | decode ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     ref = {(r.n_embd, r.n_layer, r.prompt_tokens): r for r in rows if r.impl.startswith("rwkv")}
     for r in rows:
         base = ref.get((r.n_embd, r.n_layer, r.prompt_tokens))
         ours = base is not None and r is not base
         bound = f"{r.decode_bound_tok_s:.1f}" if r.decode_bound_tok_s else ""
         gap = f"{r.decode_bound_tok_s / r.decode_tok_s:.2f}×" if r.decode_bound_tok_s else ""
+        gemv = f"{r.matrix_pass_tok_s:.1f}" if r.matrix_pass_tok_s else ""
         batched = f"{r.batched_decode_tok_s:.1f} (batch {r.batch})" if r.batched_decode_tok_s else ""
         ratio_p = f"{r.prefill_tok_s / base.prefill_tok_s:.2f}×" if ours else ""
         ratio_d = f"{r.decode_tok_s / base.decode_tok_s:.2f}×" if ours else ""
         lines.append(f"| C{r.n_embd}/L{r.n_layer} | {r.impl} | {r.prompt_tokens} | {r.prefill_tok_s:.0f} | "
-                     f"{r.decode_tok_s:.1f} | {bound} | {gap} | {batched} | {ratio_p} | {ratio_d} |")
+                     f"{r.decode_tok_s:.1f} | {bound} | {gap} | {gemv} | {batched} | {ratio_p} | {ratio_d} |")
     return "\n".join(lines)
 
 

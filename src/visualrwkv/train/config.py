@@ -125,10 +125,10 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
                  out_dir=os.path.join(out_dir, "tiny", "stage0")),
             dict(data=os.path.join(tiny_data, "stage1.json"), prepare="shapes", image_position="first", ctx_len=256,
                  trainable=TINY_TRAINABLE, lr=1e-3, lr_final=2e-4, warmup_steps=20, micro_batch_size=32,
-                 max_steps=200, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage1"), log_every=20),
+                 max_steps=180, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage1"), log_every=20),
             dict(data=os.path.join(tiny_data, "stage2.json"), prepare="shapes", image_position="middle",
                  ctx_len=256, trainable=TINY_TRAINABLE, lr=1e-3, lr_final=5e-5, warmup_steps=20,
-                 micro_batch_size=32, max_steps=1500, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage2"),
+                 micro_batch_size=32, max_steps=1350, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage2"),
                  log_every=20, eval_heldout=os.path.join(tiny_data, "test.json")),
         ],
     }

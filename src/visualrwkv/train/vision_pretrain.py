@@ -77,7 +77,7 @@ class ShapesProbe(nn.Module):
         self.count = nn.Linear(width, 3)
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        batch, patches, _ = tokens.shape
+        batch = tokens.shape[0]
         rows, cols = self.row.out_features, self.col.out_features
         loss = sum(F.cross_entropy(head(tokens).flatten(0, 1), labels[..., i].flatten())
                    for i, head in enumerate(self.patch_heads))
