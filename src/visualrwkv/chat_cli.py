@@ -14,9 +14,8 @@ CHAT_HELP = "commands: /image PATH (new conversation about another image), /rese
 
 def add_sampling_arguments(p) -> None:
     """The sampling flags shared by the commands that generate (defaults: SamplingParams')."""
-    from visualrwkv.engine.sampling import SamplingParams
-
     from visualrwkv.engine.model_args import add_model_arguments
+    from visualrwkv.engine.sampling import SamplingParams
 
     d = SamplingParams()
     add_model_arguments(p)
@@ -57,8 +56,8 @@ def add_parser(subparsers) -> None:
 
 def _open_engine(args):
     from visualrwkv.engine.defaults import model_name
-    from visualrwkv.engine.model_args import load_model_from_args
     from visualrwkv.engine.engine import Engine
+    from visualrwkv.engine.model_args import load_model_from_args
 
     params = sampling_params_from_args(args)  # before loading: bad flags fail fast
     return Engine(load_model_from_args(args), model_id=model_name(args.model)), params
