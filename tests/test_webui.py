@@ -94,10 +94,13 @@ def test_upload_ask_follow_up_and_clear(tiny_vlm, page, tmp_path):
     page.set_input_files("#image input[type=file]", str(image_path))
     page.wait_for_selector("#image img")
     page.get_by_text("Sampling").click()  # open the accordion
+    page.locator("#temperature input[type=number]").wait_for(state="visible")
+    page.wait_for_timeout(500)  # let the accordion's first render settle: it can reset an early value
     set_slider(page, "temperature", "0")
 
     first = expected_answer(tiny_vlm, image_bytes, "What is on the left?")
     assert first, "pick a question whose greedy answer is not empty"
+    expect(page.locator("#temperature input[type=number]")).to_have_value("0")  # still greedy when we ask
     ask(page, "What is on the left?")
     bot = page.locator('#chatbot [data-testid="bot"]')
     expect(bot).to_have_count(1)
