@@ -67,3 +67,19 @@ def test_chat_with_piped_stdin(tiny_vlm, tiny_vlm_dir, images):
     assert done.stdout == (f"{first}\n{follow_up}\n[new conversation]\n{first}\n"
                            f"[new conversation about {green}]\n{other}\n")
     assert "unknown command '/bogus'" in done.stderr
+
+
+def test_model_flags_pick_dtype_and_layout(tiny_vlm_dir):
+    import argparse
+
+    import torch
+
+    from visualrwkv.engine.model_args import add_model_arguments, load_model_from_args
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    model = load_model_from_args(parser.parse_args(["--model", str(tiny_vlm_dir), "--dtype", "bfloat16"]))
+    assert model.rwkv.head.weight.dtype == torch.bfloat16 and model.rwkv.state_dict()["head.weight"].dtype == torch.bfloat16
+    assert not model.rwkv.head.weight.is_contiguous()  # loaded for inference: the GEMV layout
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dtype", "bf17"])

@@ -90,15 +90,12 @@ def _load_reference(path: Path):
     return ReferenceRWKV(model=str(path)[: -len(".pth")], strategy="cpu fp32", verbose=False)
 
 
-def _greedy_steps(step, state, tokens: list[int], steps: int) -> list[float]:
-    """Seconds of each of `steps` greedy steps from `state` (rows = len(tokens))."""
-    latencies = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        logits, state = step(tokens, state)
-        latencies.append(time.perf_counter() - t0)
-        tokens = logits.reshape(len(tokens), -1).argmax(-1).tolist()
-    return latencies
+def _greedy_step(step, state, tokens: list[int]):
+    """One timed greedy step: (seconds, the new state, the next tokens), one row per token."""
+    t0 = time.perf_counter()
+    logits, state = step(tokens, state)
+    seconds = time.perf_counter() - t0
+    return seconds, state, logits.reshape(len(tokens), -1).argmax(-1).tolist()
 
 
 @torch.no_grad()
@@ -129,17 +126,15 @@ def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_st
         prefill_s = {name: [] for name in impls}
         for _ in range(repeats):
             for name, (prefill, _, _) in impls.items():
-                prefill_s[name].append(_median_time(prefill, 1))
+                prefill_s[name].append(_median_time(prefill, repeats=1))
         bandwidth = copy_bandwidth(bandwidth_buffer)  # the bound's denominator, measured now, beside the decode
         decode_s = {name: [] for name in impls}
         cursor = {name: (states[name], [1]) for name in impls}  # each side's own greedy continuation
         for _ in range(decode_steps + 2):  # the first 2 steps warm up
             for name, (_, step, _) in impls.items():
-                state, tokens = cursor[name]
-                t0 = time.perf_counter()
-                logits, state = step(tokens, state)
-                decode_s[name].append(time.perf_counter() - t0)
-                cursor[name] = (state, logits.reshape(1, -1).argmax(-1).tolist())
+                seconds, state, tokens = _greedy_step(step, *cursor[name])
+                cursor[name] = (state, tokens)
+                decode_s[name].append(seconds)
         for name, (_, step, model) in impls.items():
             row = LMBenchRow(name, n_embd, n_layer, T, T / statistics.median(prefill_s[name]),
                              1.0 / statistics.median(decode_s[name][2:]))
@@ -153,9 +148,11 @@ def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_st
                 text += f" (bound {row.decode_bound_tok_s:.1f}, bare GEMVs {row.matrix_pass_tok_s:.1f})"
                 if batch > 1:
                     row.batch = batch
-                    rows_state = states[name].select([0] * batch)
-                    steps = _greedy_steps(step, rows_state, [1] * batch, decode_steps + 2)[2:]
-                    row.batched_decode_tok_s = batch / statistics.median(steps)
+                    state, tokens, seconds = states[name].select([0] * batch), [1] * batch, []
+                    for _ in range(decode_steps + 2):
+                        dt, state, tokens = _greedy_step(step, state, tokens)
+                        seconds.append(dt)
+                    row.batched_decode_tok_s = batch / statistics.median(seconds[2:])
                     text += f"  batch {batch}: {row.batched_decode_tok_s:7.1f} tok/s"
             log(text)
             rows.append(row)

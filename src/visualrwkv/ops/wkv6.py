@@ -13,6 +13,7 @@ otherwise. All math runs in fp32; outputs are fp32.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 
@@ -151,7 +152,8 @@ _fla = _FLA_UNSET
 
 def fla_kernel():
     """flash-linear-attention's chunked RWKV-6 Triton kernel, or None (not installed, no Triton, or
-    VISUALRWKV_FLA=0). Looked up once."""
+    VISUALRWKV_FLA=0). Looked up once. Older fla versions default to head-first inputs, so the
+    layout is named when the kernel takes it."""
     global _fla
     if _fla is _FLA_UNSET:
         _fla = None
@@ -160,18 +162,18 @@ def fla_kernel():
                 from fla.ops.rwkv6 import chunk_rwkv6
             except Exception:  # ImportError, or Triton failing to initialise
                 chunk_rwkv6 = None
-            _fla = chunk_rwkv6
+            if chunk_rwkv6 is not None:
+                takes_layout = "head_first" in inspect.signature(chunk_rwkv6).parameters
+                _fla = functools.partial(chunk_rwkv6, head_first=False) if takes_layout else chunk_rwkv6
     return _fla
 
 
 def wkv6_fla(kernel, r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tensor | None = None):
     """Our layout is fla's ([B,T,H,N], state [B,H,K,V], log-space decay); scale 1 (RWKV does not
-    scale r·k). Older fla versions default to head-first inputs, so the layout is named when the
-    kernel takes it. Inputs go in as fp32, as in the PyTorch path."""
+    scale r·k). Inputs go in as fp32, as in the PyTorch path."""
     B, T, H, N = r.shape
-    kwargs = {"head_first": False} if "head_first" in inspect.signature(kernel).parameters else {}
     y, S = kernel(r.float(), k.float(), v.float(), log_w.float().clamp_min(LOG_DECAY_FLOOR), u.float(), scale=1.0,
-                  initial_state=_initial_state(state, B, H, N, r.device), output_final_state=True, **kwargs)
+                  initial_state=_initial_state(state, B, H, N, r.device), output_final_state=True)
     return y.float(), S.float()
 
 
