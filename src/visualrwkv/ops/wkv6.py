@@ -45,11 +45,11 @@ def wkv6_recurrent(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, st
 
 def wkv6_step(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tensor):
     """One token: r, k, v, log_w are [B,H,N]. Returns (y [B,H,N], new state); the input state is not modified."""
-    B, H, N = r.shape
     r, k, v = r.float(), k.float(), v.float()
-    kv = k.unsqueeze(-1) * v.unsqueeze(-2)
-    y = (r.unsqueeze(-2) @ (state + u.float().view(1, H, N, 1) * kv)).squeeze(-2)
-    return y, log_w.float().exp().unsqueeze(-1) * state + kv
+    # Σ_j r[j] u[j] k[j] v[i] is a dot product times v: no [N, N] temporaries besides the new state
+    y = (r.unsqueeze(-2) @ state).squeeze(-2) + (r * u.float() * k).sum(-1, keepdim=True) * v
+    new_state = log_w.float().exp().unsqueeze(-1) * state
+    return y, new_state.addcmul_(k.unsqueeze(-1), v.unsqueeze(-2))
 
 
 def wkv6_chunked(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tensor | None = None,

@@ -1,0 +1,70 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from visualrwkv.ops.linear import MAX_SPLIT_ROWS, Linear, rows_matmul, split_count
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@torch.no_grad()
+def test_split_only_for_few_row_fp32_cpu_products(two_threads):
+    w = torch.randn(64, 96)
+    assert split_count(torch.randn(1, 64), w) == 2
+    assert split_count(torch.randn(2, 3, 64), w) == 2
+    assert split_count(torch.randn(MAX_SPLIT_ROWS + 1, 64), w) == 1  # prefill: compute bound
+    assert split_count(torch.randn(1, 64), w.t().contiguous().t()) == 1  # not contiguous
+    assert split_count(torch.randn(1, 64).bfloat16(), w.bfloat16()) == 1
+    assert split_count(torch.randn(1, 63), torch.randn(63, 8)) == 1  # rows do not divide among threads
+    torch.set_num_threads(1)
+    assert split_count(torch.randn(1, 64), w) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, MAX_SPLIT_ROWS + 2), half_in=st.integers(1, 80), out=st.integers(1, 70),
+       lead=st.sampled_from([(), (1,), (2,)]))
+def test_rows_matmul_is_the_product(rows, half_in, out, lead):
+    g = torch.Generator().manual_seed(rows * 1000 + half_in * 10 + out)
+    x = torch.randn(*lead, rows, 2 * half_in, generator=g)
+    w = torch.randn(2 * half_in, out, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            got = rows_matmul(x, w)
+    finally:
+        torch.set_num_threads(before)
+    assert got.shape == (*lead, rows, out)
+    torch.testing.assert_close(got, x @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_autograd_keeps_the_plain_product(two_threads):
+    # training's results must not depend on the thread count (one process or several)
+    x = torch.randn(1, 32, requires_grad=True)
+    w = torch.randn(32, 12)
+    assert split_count(x, w) == 1
+    with torch.no_grad():
+        assert split_count(x, w) == 2
+
+
+@torch.no_grad()
+def test_linear_keeps_nn_linear_names_and_uses_the_split_in_gemv_layout(two_threads, monkeypatch):
+    layer = Linear(32, 48)
+    assert list(layer.state_dict()) == ["weight"] and layer.bias is None
+    x = torch.randn(1, 1, 32)
+    plain = layer(x)
+    calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or real_bmm(*a))
+    layer(x)
+    assert not calls  # [out, in] memory: torch's own linear
+    layer.weight.data = layer.weight.data.t().contiguous().t()
+    torch.testing.assert_close(layer(x), plain, rtol=1e-5, atol=1e-6)
+    assert calls  # [in, out] memory: the split product
