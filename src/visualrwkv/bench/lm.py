@@ -51,14 +51,15 @@ def copy_bandwidth(nbytes: int = 512 << 20, repeats: int = 7) -> float:
 
 
 def matrix_pass_seconds(model, repeats: int = 7) -> float:
-    """Median seconds of one bare one-row product with every projection matrix of `model`, in order:
-    what a decode step costs if it did nothing but read its matrices through torch's GEMV."""
-    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    rows = {w.shape[1]: torch.ones(1, w.shape[1], dtype=w.dtype) for w in weights}
+    """Median seconds of one bare one-row product with every projection matrix of `model`, in order and
+    through the model's own layers: what a decode step costs if it did nothing but read its matrices."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    rows = {m.in_features: torch.ones(1, m.in_features, dtype=m.weight.dtype) for m in layers}
 
     def one_pass():
-        for w in weights:
-            torch.nn.functional.linear(rows[w.shape[1]], w)
+        with torch.no_grad():
+            for m in layers:
+                m(rows[m.in_features])
 
     one_pass()
     return _median_time(one_pass, repeats)
