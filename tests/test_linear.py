@@ -4,14 +4,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visualrwkv.ops.linear import MAX_SPLIT_ROWS, Linear, rows_matmul, split_count
+from visualrwkv.testing import torch_threads
 
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 @torch.no_grad()
@@ -34,13 +33,8 @@ def test_rows_matmul_is_the_product(rows, half_in, out, lead):
     g = torch.Generator().manual_seed(rows * 1000 + half_in * 10 + out)
     x = torch.randn(*lead, rows, 2 * half_in, generator=g)
     w = torch.randn(2 * half_in, out, generator=g)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.no_grad():
-            got = rows_matmul(x, w)
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(2), torch.no_grad():
+        got = rows_matmul(x, w)
     assert got.shape == (*lead, rows, out)
     torch.testing.assert_close(got, x @ w, rtol=1e-5, atol=1e-5)
 

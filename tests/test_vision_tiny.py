@@ -5,6 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
+from visualrwkv.testing import torch_threads
 from visualrwkv.vision import TinyEncoder, TinyEncoderConfig, VisionConfig, build_encoder
 from visualrwkv.vision.tiny import BatchInvariantConv2d
 
@@ -12,10 +13,8 @@ from visualrwkv.vision.tiny import BatchInvariantConv2d
 @pytest.fixture
 def one_thread():
     # Two threads on a shared 2-core machine can be 10x slower than one when other work runs.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def test_contract_and_gradients():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from .rwkv.model import RWKV, RWKVConfig
@@ -48,3 +50,14 @@ def random_rwkv6(n_embd: int = 128, n_layer: int = 2, vocab_size: int = 65536, s
     model = RWKV(RWKVConfig(n_embd=n_embd, n_layer=n_layer, vocab_size=vocab_size))
     model.load_state_dict(sd)
     return model.eval()
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the block with `n` torch threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
