@@ -49,3 +49,10 @@ def tiny_vlm_dir(tiny_vlm, tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_vlm") / "tiny-vlm"
     tiny_vlm.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """The compiled CPU kernels are built for this session (and its subprocesses), not into ~/.cache."""
+    os.environ["VISUALRWKV_CACHE"] = str(tmp_path_factory.mktemp("visualrwkv-cache"))
+    yield

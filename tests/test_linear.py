@@ -3,12 +3,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from visualrwkv.ops import cpu_kernels
 from visualrwkv.ops.linear import MAX_SPLIT_ROWS, Linear, rows_matmul, split_count
 from visualrwkv.testing import torch_threads
 
+# The split is the fallback where the compiled product (tests/test_cpu_kernels.py) is unavailable
+
 
 @pytest.fixture
-def two_threads():
+def two_threads(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "library", lambda: None)
     with torch_threads(2):
         yield
 
@@ -33,7 +37,8 @@ def test_rows_matmul_is_the_product(rows, half_in, out, lead):
     g = torch.Generator().manual_seed(rows * 1000 + half_in * 10 + out)
     x = torch.randn(*lead, rows, 2 * half_in, generator=g)
     w = torch.randn(2 * half_in, out, generator=g)
-    with torch_threads(2), torch.no_grad():
+    with torch_threads(2), torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu_kernels, "library", lambda: None)
         got = rows_matmul(x, w)
     assert got.shape == (*lead, rows, out)
     torch.testing.assert_close(got, x @ w, rtol=1e-5, atol=1e-5)
@@ -49,16 +54,24 @@ def test_autograd_keeps_the_plain_product(two_threads):
 
 
 @torch.no_grad()
-def test_linear_keeps_nn_linear_names_and_uses_the_split_in_gemv_layout(two_threads, monkeypatch):
+@pytest.mark.parametrize("kernels", [False, True], ids=["split", "compiled"])
+def test_linear_keeps_nn_linear_names_and_uses_the_fast_product_in_gemv_layout(kernels, monkeypatch):
+    library = cpu_kernels.library
+    monkeypatch.setattr(cpu_kernels, "library", library if kernels else lambda: None)
+    if kernels and library() is None:
+        pytest.skip("no C++ compiler")
     layer = Linear(32, 48)
     assert list(layer.state_dict()) == ["weight"] and layer.bias is None
     x = torch.randn(1, 1, 32)
     plain = layer(x)
     calls = []
-    real_bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or real_bmm(*a))
-    layer(x)
-    assert not calls  # [out, in] memory: torch's own linear
-    layer.weight.data = layer.weight.data.t().contiguous().t()
-    torch.testing.assert_close(layer(x), plain, rtol=1e-5, atol=1e-6)
-    assert calls  # [in, out] memory: the split product
+    real_bmm, real_compiled = torch.bmm, cpu_kernels.rows_matmul
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append("split") or real_bmm(*a))
+    monkeypatch.setattr(cpu_kernels, "rows_matmul",
+                        lambda *a: (y := real_compiled(*a)) is not None and calls.append("compiled") or y)
+    with torch_threads(2):
+        layer(x)
+        assert not calls  # [out, in] memory: torch's own linear
+        layer.weight.data = layer.weight.data.t().contiguous().t()
+        torch.testing.assert_close(layer(x), plain, rtol=1e-5, atol=1e-6)
+    assert calls == ["compiled" if kernels else "split"]  # [in, out] memory: the fast product

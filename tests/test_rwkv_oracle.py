@@ -1,5 +1,7 @@
 """Exactness against the reference implementation: the `rwkv` package, strategy "cpu fp32"."""
 
+import copy
+
 import pytest
 import torch
 
@@ -18,8 +20,11 @@ def pair(request, tmp_path_factory):
     return load_rwkv(path), reference
 
 
-def test_prompt_and_decode_logits_match_reference(pair):
+@pytest.mark.parametrize("layout", ["default", "gemv"])
+def test_prompt_and_decode_logits_match_reference(pair, layout):
     ours, reference = pair
+    if layout == "gemv":  # decoding by the compiled step (ops/rwkv6_cpu.cpp) where a compiler is
+        ours = copy.deepcopy(ours).use_gemv_layout()
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(1, 65530, (300,), generator=g).tolist()
     ref_logits, ref_state = reference.forward(prompt, None, full_output=True)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import cpu_kernels
+
 MAX_SPLIT_ROWS = 16  # beyond this many rows the product is no longer bound by reading the weights
 
 
@@ -33,7 +35,10 @@ def split_count(x: Tensor, w: Tensor) -> int:
 
 
 def rows_matmul(x: Tensor, w: Tensor) -> Tensor:
-    """x [..., in] @ w [in, out], as `split_count` blocks of input rows run side by side, then summed."""
+    """x [..., in] @ w [in, out]: by the compiled product where it applies, else as `split_count` blocks
+    of input rows run side by side, then summed."""
+    if (y := cpu_kernels.rows_matmul(x, w)) is not None:
+        return y
     blocks = split_count(x, w)
     if blocks == 1:
         return x @ w

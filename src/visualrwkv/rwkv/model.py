@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..ops import cpu_kernels
 from ..ops.linear import Linear, rows_matmul
 from ..ops.wkv6 import wkv6
 
@@ -269,6 +270,9 @@ class RWKV(nn.Module):
             raise ValueError("inputs must hold at least one position")
         if state is not None and state.batch_size != x.shape[0]:
             raise ValueError(f"state has batch size {state.batch_size}, inputs have {x.shape[0]}")
+        if (compiled := cpu_kernels.rwkv6_step(self, x, state)) is not None:  # decoding on CPU
+            x, new_state = compiled
+            return self.project(x, logits), new_state
         layers = []
         for i, block in enumerate(self.blocks):
             x, layer_state = self.run_block(block, x, state.layer(i) if state is not None else None)

@@ -1,0 +1,165 @@
+"""The compiled CPU decoding kernels (ops/rwkv6_cpu.cpp): built here, equal to the PyTorch step."""
+
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from visualrwkv.ops import cpu_kernels
+from visualrwkv.rwkv.model import RWKV, RWKVConfig
+from visualrwkv.testing import random_rwkv6_state_dict, torch_threads
+
+HAS_COMPILER = bool(shutil.which("g++") or shutil.which("c++"))
+pytestmark = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the PyTorch step is used")
+V = 512
+
+
+def make_lm(n_embd=128, n_layer=3, seed=0) -> RWKV:
+    lm = RWKV(RWKVConfig(n_embd=n_embd, n_layer=n_layer, vocab_size=V))
+    lm.load_state_dict(random_rwkv6_state_dict(n_embd, n_layer, vocab_size=V, seed=seed))
+    return lm.eval()
+
+
+def eager(monkeypatch):
+    """Turn the compiled kernels off for the rest of a test (the reference PyTorch path)."""
+    monkeypatch.setattr(cpu_kernels, "library", lambda: None)
+
+
+def test_the_kernels_build_where_there_is_a_compiler():
+    assert cpu_kernels.library() is not None
+    assert list(cpu_kernels.cache_dir().glob("*.tmp")) == []  # the atomic build leaves no partial files
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, cpu_kernels.MAX_ROWS), n_in=st.integers(1, 150), n_out=st.integers(1, 300),
+       threads=st.integers(1, 3), lead=st.sampled_from([(), (1,), (2,)]))
+def test_rows_matmul_is_the_product(rows, n_in, n_out, threads, lead):
+    if len(lead) and lead[0] * rows > cpu_kernels.MAX_ROWS:
+        rows = 1
+    g = torch.Generator().manual_seed(rows * 100_000 + n_in * 1000 + n_out)
+    x = torch.randn(*lead, rows, n_in, generator=g)
+    w = torch.randn(n_in, n_out, generator=g)
+    with torch_threads(threads), torch.no_grad():
+        got = cpu_kernels.rows_matmul(x, w)
+    assert got is not None and got.shape == (*lead, rows, n_out)
+    torch.testing.assert_close(got, x @ w, rtol=1e-5, atol=1e-4)
+
+
+def test_rows_matmul_declines_what_it_does_not_compute():
+    w = torch.randn(32, 8)
+    x = torch.randn(1, 32)
+    with torch.no_grad():
+        assert cpu_kernels.rows_matmul(torch.randn(cpu_kernels.MAX_ROWS + 1, 32), w) is None  # compute bound
+        assert cpu_kernels.rows_matmul(x, w.t().contiguous().t()) is None  # not [in, out] memory
+        assert cpu_kernels.rows_matmul(x.bfloat16(), w.bfloat16()) is None
+        assert cpu_kernels.rows_matmul(x, w) is not None
+    assert cpu_kernels.rows_matmul(x, w) is None  # autograd on: training keeps torch's product
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_compiled_step_equals_the_pytorch_step(batch, threads, monkeypatch):
+    lm = make_lm(seed=batch).use_gemv_layout()
+    g = torch.Generator().manual_seed(threads)
+    prompt = torch.randint(0, V, (batch, 5), generator=g)
+    tokens = torch.randint(0, V, (batch, 6), generator=g)
+
+    def decode():
+        outputs = []
+        with torch_threads(threads), torch.no_grad():
+            _, state = lm(prompt)  # the parallel form: not the step
+            outputs.append(lm(tokens[:, :1])[0])  # from no state
+            for t in range(tokens.shape[1]):
+                logits, state = lm(tokens[:, t:t + 1], state)
+                outputs.append(logits)
+        return outputs, state
+
+    taken = []
+    step = cpu_kernels.rwkv6_step
+    monkeypatch.setattr(cpu_kernels, "rwkv6_step", lambda *a: taken.append(r := step(*a)) or r)
+    compiled, compiled_state = decode()
+    assert len(taken) == 1 + tokens.shape[1] + 1 and all(r is not None for r in taken[1:])
+    eager(monkeypatch)
+    reference, reference_state = decode()
+    for got, want in zip(compiled, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    for name in ("att_shift", "wkv", "ffn_shift"):
+        torch.testing.assert_close(getattr(compiled_state, name), getattr(reference_state, name), rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_compiled_step_leaves_its_inputs_alone():
+    lm = make_lm().use_gemv_layout()
+    _, state = lm(torch.randint(0, V, (2, 4)))
+    before = state.clone()
+    x = torch.randn(2, 1, 128)
+    x_before = x.clone()
+    hidden, new = cpu_kernels.rwkv6_step(lm, x, state)
+    assert torch.equal(x, x_before) and all(torch.equal(a, b) for a, b in
+                                            zip((state.att_shift, state.wkv, state.ffn_shift),
+                                                (before.att_shift, before.wkv, before.ffn_shift)))
+    assert not torch.equal(new.wkv, state.wkv) and hidden.shape == (2, 1, 128)
+
+
+def test_compiled_step_declines_what_it_does_not_compute():
+    lm = make_lm()
+    x = torch.randn(1, 1, 128)
+    with torch.no_grad():
+        assert cpu_kernels.rwkv6_step(lm, x, None) is None  # [out, in] weights: the layout it does not read
+        lm.use_gemv_layout()
+        assert cpu_kernels.rwkv6_step(lm, x, None) is not None
+        assert cpu_kernels.rwkv6_step(lm, torch.randn(1, 2, 128), None) is None  # a prompt, not a step
+        assert cpu_kernels.rwkv6_step(lm, torch.randn(cpu_kernels.MAX_ROWS + 1, 1, 128), None) is None
+        assert cpu_kernels.rwkv6_step(lm.to(torch.bfloat16), x.bfloat16(), None) is None
+    assert cpu_kernels.rwkv6_step(make_lm().use_gemv_layout(), x, None) is None  # autograd on
+
+
+@torch.no_grad()
+def test_compiled_step_follows_changed_parameters(monkeypatch):
+    lm = make_lm().use_gemv_layout()
+    x = torch.randint(0, V, (1, 1))
+    first, _ = lm(x)
+    # a new Parameter object, and new memory under an old one: both must be read
+    lm.blocks[1].ffn.key.weight = torch.nn.Parameter(torch.randn(448, 128).t().contiguous().t())
+    lm.blocks[0].att.key.weight.data = (2 * lm.blocks[0].att.key.weight).t().contiguous().t()
+    second, _ = lm(x)
+    assert not torch.allclose(first, second)
+    eager(monkeypatch)
+    torch.testing.assert_close(second, lm(x)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_failed_build_falls_back_with_a_warning(tmp_path, monkeypatch):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setenv("VISUALRWKV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cpu_kernels, "SOURCE", broken)
+    cpu_kernels.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not be built"):
+            assert cpu_kernels.library() is None
+        assert list((tmp_path / "cache" / "kernels").iterdir()) == []  # no partial library left behind
+        with torch.no_grad():  # and everything still runs, on the PyTorch path
+            lm = make_lm().use_gemv_layout()
+            assert lm(torch.randint(0, V, (1, 1)))[0].isfinite().all()
+    finally:
+        cpu_kernels.library.cache_clear()
+
+
+def test_the_switch_turns_the_kernels_off(monkeypatch):
+    monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+    cpu_kernels.library.cache_clear()
+    try:
+        assert cpu_kernels.library() is None
+    finally:
+        cpu_kernels.library.cache_clear()
+
+
+def test_a_built_library_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISUALRWKV_CACHE", str(tmp_path))
+    compiler = shutil.which("g++") or shutil.which("c++")
+    first = cpu_kernels._build(compiler)
+    stamp = first.stat().st_mtime_ns
+    assert cpu_kernels._build(compiler) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in first.parent.iterdir()] == [first.name]
