@@ -163,3 +163,15 @@ def test_a_built_library_is_reused(tmp_path, monkeypatch):
     stamp = first.stat().st_mtime_ns
     assert cpu_kernels._build(compiler) == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in first.parent.iterdir()] == [first.name]
+
+
+@torch.no_grad()
+def test_shapes_the_kernel_would_misread_are_refused():
+    lm = make_lm().use_gemv_layout()
+    x = torch.randn(1, 1, 128)
+    other = make_lm(n_layer=2).use_gemv_layout().new_state(1)  # a state of another model
+    with pytest.raises(ValueError, match="state shapes"):
+        cpu_kernels.rwkv6_step(lm, x, other)
+    # a parameter of another shape: the compiled step declines, and the PyTorch path reports it
+    lm.blocks[2].ffn.key.weight = torch.nn.Parameter(torch.randn(64, 448).t())  # [448, 64], input-major
+    assert cpu_kernels.rwkv6_step(lm, x, None) is None

@@ -34,20 +34,27 @@ class LMBenchRow:
     prefill_tok_s: float
     decode_tok_s: float
     weight_bytes_per_token: int | None = None  # weights a batch-1 decode step reads
-    copy_bandwidth_bytes_per_s: float | None = None  # measured just before this row's decode steps
+    copy_bandwidth_bytes_per_s: float | None = None  # median of copies measured between the decode steps
     decode_bound_tok_s: float | None = None  # copy bandwidth / weight_bytes_per_token
     matrix_pass_tok_s: float | None = None  # 1 / (bare GEMVs over all the matrices): torch's own ceiling
     batch: int = 1
     batched_decode_tok_s: float | None = None  # tokens/s of all rows at `batch`
 
 
-def copy_bandwidth(nbytes: int = 512 << 20, repeats: int = 7) -> float:
-    """Bytes/s moved by a large in-memory copy, counting the read and the write (the STREAM
-    convention), median of `repeats`; the buffer is far larger than any cache."""
+def copy_timer(nbytes: int = 512 << 20):
+    """A function that times one in-memory copy of `nbytes` (seconds); the buffer is far larger than
+    any cache, allocated and faulted in once."""
     src = torch.ones(nbytes // 4)
     dst = torch.empty_like(src)
-    dst.copy_(src)  # fault the pages in
-    return 2 * nbytes / _median_time(lambda: dst.copy_(src), repeats)
+    dst.copy_(src)
+    return lambda: _median_time(lambda: dst.copy_(src), repeats=1)
+
+
+def copy_bandwidth(nbytes: int = 512 << 20, repeats: int = 7) -> float:
+    """Bytes/s moved by a large in-memory copy, counting the read and the write (the STREAM
+    convention), median of `repeats`."""
+    copy_once = copy_timer(nbytes)
+    return 2 * nbytes / statistics.median(copy_once() for _ in range(repeats))
 
 
 def matrix_pass_seconds(model, repeats: int = 7) -> float:
@@ -128,14 +135,17 @@ def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_st
         for _ in range(repeats):
             for name, (prefill, _, _) in impls.items():
                 prefill_s[name].append(_median_time(prefill, repeats=1))
-        bandwidth = copy_bandwidth(bandwidth_buffer)  # the bound's denominator, measured now, beside the decode
+        # the bound's denominator is measured between the decode steps, so it sees the same machine
+        copy_once, copy_s = copy_timer(bandwidth_buffer), []
         decode_s = {name: [] for name in impls}
         cursor = {name: (states[name], [1]) for name in impls}  # each side's own greedy continuation
         for _ in range(decode_steps + 2):  # the first 2 steps warm up
+            copy_s.append(copy_once())
             for name, (_, step, _) in impls.items():
                 seconds, state, tokens = _greedy_step(step, *cursor[name])
                 cursor[name] = (state, tokens)
                 decode_s[name].append(seconds)
+        bandwidth = 2 * bandwidth_buffer / statistics.median(copy_s[2:])
         for name, (_, step, model) in impls.items():
             row = LMBenchRow(name, n_embd, n_layer, T, T / statistics.median(prefill_s[name]),
                              1.0 / statistics.median(decode_s[name][2:]))

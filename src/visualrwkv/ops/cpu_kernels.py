@@ -129,25 +129,28 @@ class _Pointers:
     per set of blocks (`get_parameter` costs ~10 us a name); the layout checks rerun only when a
     parameter or its memory changed (`use_gemv_layout`, `.to()`, loading with assign=True)."""
 
-    def __init__(self, blocks: tuple):
+    def __init__(self, model, blocks: tuple):
         self.blocks = blocks
-        self.slots = []  # (module, parameter name, whether it is an nn.Linear weight)
+        # the shapes the kernel assumes, from the block definition itself (on the meta device: no memory)
+        with torch.device("meta"):
+            shapes = dict(type(blocks[-1])(model.config, len(blocks) - 1).named_parameters())
+        self.slots = []  # (module, parameter name, whether it is an nn.Linear weight, expected shape)
         for block in blocks:
             for name in LAYER_PARAMETERS:
                 module, _, attribute = name.rpartition(".")
                 owner = block.get_submodule(module)
-                self.slots.append((owner, attribute, isinstance(owner, torch.nn.Linear)))
+                self.slots.append((owner, attribute, isinstance(owner, torch.nn.Linear), shapes[name].shape))
         self.tensors: list[Tensor] = []
         self.addresses: list[int] = []
         self.array: ctypes.Array | None = None
 
     def get(self) -> ctypes.Array | None:
-        tensors = [module._parameters[attribute] for module, attribute, _ in self.slots]
+        tensors = [module._parameters[attribute] for module, attribute, _, _ in self.slots]
         addresses = [t.data_ptr() for t in tensors]
         if addresses != self.addresses or any(a is not b for a, b in zip(tensors, self.tensors)):
             self.tensors, self.addresses = tensors, addresses
-            fits = all(t.dtype == torch.float32 and t.device.type == "cpu" and (t.t() if linear else t).is_contiguous()
-                       for t, (_, _, linear) in zip(tensors, self.slots))
+            fits = all(t.dtype == torch.float32 and t.device.type == "cpu" and t.shape == shape
+                       and (t.t() if linear else t).is_contiguous() for t, (_, _, linear, shape) in zip(tensors, self.slots))
             self.array = (ctypes.c_void_p * len(addresses))(*addresses) if fits else None
         return self.array
 
@@ -161,7 +164,7 @@ def layer_pointers(model) -> ctypes.Array | None:
     blocks = tuple(model.blocks)
     cached = _pointers.get(model)
     if cached is None or len(cached.blocks) != len(blocks) or any(a is not b for a, b in zip(cached.blocks, blocks)):
-        cached = _pointers[model] = _Pointers(blocks)
+        cached = _pointers[model] = _Pointers(model, blocks)
     return cached.get()
 
 
@@ -177,6 +180,11 @@ def rwkv6_step(model, x: Tensor, state):
     cfg = model.config
     if state is None:
         state = model.new_state(B)
+    L, H, N = cfg.n_layer, cfg.n_head, cfg.head_size
+    expected = ((L, B, C), (L, B, H, N, N), (L, B, C))
+    if (state.att_shift.shape, state.wkv.shape, state.ffn_shift.shape) != expected:  # the kernel trusts these
+        raise ValueError(f"state shapes {[tuple(t.shape) for t in (state.att_shift, state.wkv, state.ffn_shift)]} "
+                         f"do not fit this model: expected {[list(s) for s in expected]}")
     first, att = model.blocks[0], model.blocks[0].att
     old = [t.contiguous() for t in (state.att_shift, state.wkv, state.ffn_shift)]
     if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
@@ -185,7 +193,7 @@ def rwkv6_step(model, x: Tensor, state):
     new = [torch.empty_like(t) for t in old]
     hidden = x.reshape(B, C).clone(memory_format=torch.contiguous_format)  # the kernel writes it in place
     lib.visualrwkv_rwkv6_step(
-        cfg.n_layer, B, C, cfg.n_head, cfg.head_size, cfg.mix_rank, cfg.decay_rank, cfg.dim_ffn, pointers,
+        L, B, C, H, N, cfg.mix_rank, cfg.decay_rank, cfg.dim_ffn, pointers,
         first.ln0.weight.data_ptr(), first.ln0.bias.data_ptr(), first.ln1.eps, att.ln_x.eps, hidden.data_ptr(),
         *(t.data_ptr() for t in old), *(t.data_ptr() for t in new), torch.get_num_threads())
     return hidden.view(B, 1, C), type(state)(*new)

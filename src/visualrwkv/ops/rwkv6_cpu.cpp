@@ -124,7 +124,7 @@ void visualrwkv_rwkv6_step(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N
     std::vector<float> xa(B * C), dx(B * C), xxx(B * C), lora(B * 5 * R), mix(5 * B * C), xs(5 * B * C),
         rkvg(4 * B * C), dlo(B * D), wdelta(B * C), y(B * C), out(B * C), ffk(B * F), ffr(B * C);
     static thread_local std::vector<float> partial;
-    partial.resize(size_t(threads) * B * std::max({C, F, 5 * R}));
+    partial.resize(size_t(threads) * B * std::max({C, F, 5 * R, D}));
     float* part = partial.data();
 
 #pragma omp parallel num_threads(threads)
