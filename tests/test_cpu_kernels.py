@@ -175,3 +175,12 @@ def test_shapes_the_kernel_would_misread_are_refused():
     # a parameter of another shape: the compiled step declines, and the PyTorch path reports it
     lm.blocks[2].ffn.key.weight = torch.nn.Parameter(torch.randn(64, 448).t())  # [448, 64], input-major
     assert cpu_kernels.rwkv6_step(lm, x, None) is None
+
+
+def test_rows_matmul_leaves_misfits_to_torch():
+    with torch.no_grad():
+        assert cpu_kernels.rows_matmul(torch.randn(1, 64), torch.randn(32, 8)) is None  # in 64 ≠ 32: not 2 rows
+        assert cpu_kernels.rows_matmul(torch.randn(0, 32), torch.randn(32, 8)) is None  # no rows
+        assert cpu_kernels.rows_matmul(torch.randn(1, 0), torch.randn(0, 8)) is None
+        got = cpu_kernels.rows_matmul(torch.ones(32), torch.ones(32, 8))  # a vector, as torch.matmul takes it
+        assert got.shape == (8,) and torch.equal(got, torch.full((8,), 32.0))

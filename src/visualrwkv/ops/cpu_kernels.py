@@ -108,9 +108,11 @@ def library() -> ctypes.CDLL | None:
 
 
 def _few_rows(x: Tensor, w: Tensor) -> bool:
-    """A product the kernels take: fp32 on CPU, outside autograd, at most MAX_ROWS rows, w contiguous."""
+    """A product the kernels take: fp32 on CPU, outside autograd, 1 to MAX_ROWS rows, w [in, out] contiguous.
+    Anything else (including shapes that do not fit) goes to torch, which computes it or says what is wrong."""
     return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and w.dtype == torch.float32 and w.is_contiguous() and x.numel() <= MAX_ROWS * w.shape[0])
+            and w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous() and w.numel() > 0
+            and x.dim() >= 1 and x.shape[-1] == w.shape[0] and 0 < x.numel() <= MAX_ROWS * w.shape[0])
 
 
 def rows_matmul(x: Tensor, w: Tensor) -> Tensor | None:

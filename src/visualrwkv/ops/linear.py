@@ -3,11 +3,10 @@
 Decoding multiplies one row (or a few) by every weight matrix, so it is bound by reading the weights.
 On CPU torch hands such a product to the BLAS, which streams it on one core: here ~15-20 GB/s, where
 both cores together read ~30. When the weight's memory is input-major ([in, out], see
-`RWKV.use_gemv_layout`), its rows split into one contiguous block per thread for free (a view); a
-batched product over the blocks runs the threads side by side, each on its own block, and the
-partial results are summed. On this 2-core machine that reads 23-33 GB/s instead of 14-20 and makes
-a C768/L12 decode step ~1.3x faster (measured on 2 threads; on more, each thread gets a thinner
-block). Results are equal up to summation order.
+`RWKV.use_gemv_layout`), its rows split into one contiguous block per thread. The compiled product
+(`cpu_kernels.rows_matmul`, ~29 GB/s here) streams those blocks; where it is unavailable, a batched
+product over the blocks (a view) runs the threads side by side (23-33 GB/s here), and the partial
+results are summed. Results are equal up to summation order.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from . import cpu_kernels
 
-MAX_SPLIT_ROWS = 16  # beyond this many rows the product is no longer bound by reading the weights
+MAX_SPLIT_ROWS = cpu_kernels.MAX_ROWS  # beyond this many rows a product is no longer bound by reading the weights
 
 
 def split_count(x: Tensor, w: Tensor) -> int:

@@ -104,8 +104,9 @@ int visualrwkv_params_per_layer() { return PARAMS_PER_LAYER; }
 // y [rows, out] = x [rows, in] @ w [in, out] on `threads` threads.
 void visualrwkv_rows_matmul(const float* x, int64_t rows, const float* w, int64_t in, int64_t out, float* y,
                             int threads) {
+    threads = std::max(threads, 1);
     static thread_local std::vector<float> partial;
-    partial.resize(size_t(std::max(threads, 1)) * rows * out);
+    partial.resize(size_t(threads) * rows * out);
     float* part = partial.data();  // the calling thread's buffer, shared by the team
 #pragma omp parallel num_threads(threads)
     team_matmul(x, rows, in, w, in, out, y, part);

@@ -328,8 +328,9 @@ class RWKV(nn.Module):
         """Store every projection matrix input-major: the same [out, in] tensors, with [in, out] memory.
 
         A one-row product (decoding) streams that layout much faster on CPU: the BLAS reads the
-        65536-row head at ~20 GB/s instead of ~12, and `ops.linear` splits it across threads (a
-        C768/L12 decode step: ~50 ms in [out, in] memory, ~45 with the BLAS on this layout, ~33 split).
+        65536-row head at ~20 GB/s instead of ~12, and each thread can stream its own block of input
+        rows (a C768/L12 decode step: ~50 ms in [out, in] memory, ~45 with the BLAS on this layout,
+        ~33 split across threads by `ops.linear`, ~22 by the compiled step of `ops.cpu_kernels`).
         Values and results are unchanged up to summation order. For inference: FSDP and the fused
         optimizer expect contiguous parameters, so training keeps the default layout.
         """
