@@ -190,7 +190,7 @@ def rwkv6_step(model, x: Tensor, state):
     first, att = model.blocks[0], model.blocks[0].att
     old = [t.contiguous() for t in (state.att_shift, state.wkv, state.ffn_shift)]
     if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
-           for t in (*old, first.ln0.weight, first.ln0.bias)):
+           for t in (*old, first.ln0.weight, first.ln0.bias)) or (first.ln0.weight.shape, first.ln0.bias.shape) != ((C,), (C,)):
         return None
     new = [torch.empty_like(t) for t in old]
     hidden = x.reshape(B, C).clone(memory_format=torch.contiguous_format)  # the kernel writes it in place
