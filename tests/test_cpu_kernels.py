@@ -8,18 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visualrwkv.ops import cpu_kernels
-from visualrwkv.rwkv.model import RWKV, RWKVConfig
-from visualrwkv.testing import random_rwkv6_state_dict, torch_threads
+from visualrwkv.testing import random_rwkv6, torch_threads
 
 HAS_COMPILER = bool(shutil.which("g++") or shutil.which("c++"))
 pytestmark = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the PyTorch step is used")
 V = 512
 
 
-def make_lm(n_embd=128, n_layer=3, seed=0) -> RWKV:
-    lm = RWKV(RWKVConfig(n_embd=n_embd, n_layer=n_layer, vocab_size=V))
-    lm.load_state_dict(random_rwkv6_state_dict(n_embd, n_layer, vocab_size=V, seed=seed))
-    return lm.eval()
+def make_lm(n_layer=3, seed=0):
+    return random_rwkv6(128, n_layer, vocab_size=V, seed=seed)
 
 
 def eager(monkeypatch):

@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visualrwkv.ops import cpu_kernels
-from visualrwkv.ops.linear import MAX_SPLIT_ROWS, Linear, rows_matmul, split_count
+from visualrwkv.ops.cpu_kernels import MAX_ROWS
+from visualrwkv.ops.linear import Linear, rows_matmul, split_count
 from visualrwkv.testing import torch_threads
 
 # The split is the fallback where the compiled product (tests/test_cpu_kernels.py) is unavailable
@@ -22,7 +23,7 @@ def test_split_only_for_few_row_fp32_cpu_products(two_threads):
     w = torch.randn(64, 96)
     assert split_count(torch.randn(1, 64), w) == 2
     assert split_count(torch.randn(2, 3, 64), w) == 2
-    assert split_count(torch.randn(MAX_SPLIT_ROWS + 1, 64), w) == 1  # prefill: compute bound
+    assert split_count(torch.randn(MAX_ROWS + 1, 64), w) == 1  # prefill: compute bound
     assert split_count(torch.randn(1, 64), w.t().contiguous().t()) == 1  # not contiguous
     assert split_count(torch.randn(1, 64).bfloat16(), w.bfloat16()) == 1
     assert split_count(torch.randn(1, 63), torch.randn(63, 8)) == 1  # rows do not divide among threads
@@ -31,7 +32,7 @@ def test_split_only_for_few_row_fp32_cpu_products(two_threads):
 
 
 @settings(max_examples=40, deadline=None)
-@given(rows=st.integers(1, MAX_SPLIT_ROWS + 2), half_in=st.integers(1, 80), out=st.integers(1, 70),
+@given(rows=st.integers(1, MAX_ROWS + 2), half_in=st.integers(1, 80), out=st.integers(1, 70),
        lead=st.sampled_from([(), (1,), (2,)]))
 def test_rows_matmul_is_the_product(rows, half_in, out, lead):
     g = torch.Generator().manual_seed(rows * 1000 + half_in * 10 + out)

@@ -107,7 +107,7 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-def _few_rows(x: Tensor, w: Tensor) -> bool:
+def few_rows(x: Tensor, w: Tensor) -> bool:
     """A product the kernels take: fp32 on CPU, outside autograd, 1 to MAX_ROWS rows, w [in, out] contiguous.
     Anything else (including shapes that do not fit) goes to torch, which computes it or says what is wrong."""
     return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
@@ -117,7 +117,7 @@ def _few_rows(x: Tensor, w: Tensor) -> bool:
 
 def rows_matmul(x: Tensor, w: Tensor) -> Tensor | None:
     """x [..., in] @ w [in, out] by the compiled product; None where it does not apply."""
-    if not _few_rows(x, w) or (lib := library()) is None:
+    if not few_rows(x, w) or (lib := library()) is None:
         return None
     rows = x.reshape(-1, w.shape[0]).contiguous()
     y = torch.empty(rows.shape[0], w.shape[1])

@@ -17,18 +17,15 @@ from torch import Tensor, nn
 
 from . import cpu_kernels
 
-MAX_SPLIT_ROWS = cpu_kernels.MAX_ROWS  # beyond this many rows a product is no longer bound by reading the weights
-
 
 def split_count(x: Tensor, w: Tensor) -> int:
-    """How many input blocks `x @ w` runs as: the thread count for a few-row fp32 product on CPU with a
-    contiguous w outside autograd, else 1 (the plain product). bf16 has its own kernels (the split
-    measured slower); a GPU already runs one product on the whole device; and training keeps the plain
-    product so that its results do not depend on the thread count (one process or several)."""
+    """How many input blocks `x @ w` runs as: the thread count for a product `cpu_kernels.few_rows`
+    takes (few rows, fp32 on CPU, w contiguous, outside autograd) whose input rows divide among the
+    threads, else 1 (the plain product). bf16 has its own kernels (the split measured slower); a GPU
+    already runs one product on the whole device; and training keeps the plain product so that its
+    results do not depend on the thread count (one process or several)."""
     threads = torch.get_num_threads()
-    if (threads < 2 or torch.is_grad_enabled() or x.device.type != "cpu"
-            or w.dtype != torch.float32 or x.dtype != torch.float32 or not w.is_contiguous()
-            or w.shape[0] % threads or x.numel() > MAX_SPLIT_ROWS * w.shape[0]):
+    if threads < 2 or not cpu_kernels.few_rows(x, w) or w.shape[0] % threads:
         return 1
     return threads
 
