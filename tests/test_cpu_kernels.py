@@ -29,19 +29,22 @@ def test_the_kernels_build_where_there_is_a_compiler():
     assert list(cpu_kernels.cache_dir().glob("*.tmp")) == []  # the atomic build leaves no partial files
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(rows=st.integers(1, cpu_kernels.MAX_ROWS), n_in=st.integers(1, 150), n_out=st.integers(1, 300),
-       threads=st.integers(1, 3), lead=st.sampled_from([(), (1,), (2,)]))
-def test_rows_matmul_is_the_product(rows, n_in, n_out, threads, lead):
+       threads=st.integers(1, 3), lead=st.sampled_from([(), (1,), (2,)]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_rows_matmul_is_the_product(rows, n_in, n_out, threads, lead, dtype):
     if len(lead) and lead[0] * rows > cpu_kernels.MAX_ROWS:
         rows = 1
     g = torch.Generator().manual_seed(rows * 100_000 + n_in * 1000 + n_out)
-    x = torch.randn(*lead, rows, n_in, generator=g)
-    w = torch.randn(n_in, n_out, generator=g)
+    x = torch.randn(*lead, rows, n_in, generator=g).to(dtype)
+    w = torch.randn(n_in, n_out, generator=g).to(dtype)
     with torch_threads(threads), torch.no_grad():
         got = cpu_kernels.rows_matmul(x, w)
-    assert got is not None and got.shape == (*lead, rows, n_out)
-    torch.testing.assert_close(got, x @ w, rtol=1e-5, atol=1e-4)
+    assert got is not None and got.shape == (*lead, rows, n_out) and got.dtype == dtype
+    # bf16: the fp32 product of the same values, rounded once (ties may round either way: one bf16 step)
+    want = (x.float() @ w.float()).to(dtype)
+    torch.testing.assert_close(got, want, rtol=1e-5 if dtype == torch.float32 else 8e-3, atol=1e-4)
 
 
 def test_rows_matmul_declines_what_it_does_not_compute():
@@ -50,7 +53,8 @@ def test_rows_matmul_declines_what_it_does_not_compute():
     with torch.no_grad():
         assert cpu_kernels.rows_matmul(torch.randn(cpu_kernels.MAX_ROWS + 1, 32), w) is None  # compute bound
         assert cpu_kernels.rows_matmul(x, w.t().contiguous().t()) is None  # not [in, out] memory
-        assert cpu_kernels.rows_matmul(x.bfloat16(), w.bfloat16()) is None
+        assert cpu_kernels.rows_matmul(x, w.bfloat16()) is None  # mixed dtypes
+        assert cpu_kernels.rows_matmul(x.half(), w.half()) is None
         assert cpu_kernels.rows_matmul(x, w) is not None
     assert cpu_kernels.rows_matmul(x, w) is None  # autograd on: training keeps torch's product
 
@@ -86,6 +90,53 @@ def test_compiled_step_equals_the_pytorch_step(batch, threads, monkeypatch):
         torch.testing.assert_close(getattr(compiled_state, name), getattr(reference_state, name), rtol=1e-4, atol=1e-4)
 
 
+def widened(lm):
+    """The fp32 model with the same values as bf16 `lm`: the reference for its compiled step."""
+    wide = make_lm()
+    wide.load_state_dict({k: v.float() for k, v in lm.state_dict().items()})
+    return wide.use_gemv_layout()
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@torch.no_grad()
+def test_compiled_bf16_step_is_the_fp32_step_on_the_widened_weights(batch, monkeypatch):
+    lm = make_lm(seed=batch).to(torch.bfloat16).use_gemv_layout()
+    wide = widened(lm)
+    g = torch.Generator().manual_seed(batch)
+    _, state = lm(torch.randint(0, V, (batch, 5), generator=g))  # bf16 shifts, fp32 WKV
+    x = lm.emb(torch.randint(0, V, (batch, 1), generator=g))
+    hidden, new = cpu_kernels.rwkv6_step(lm, x, state)
+    assert hidden.dtype == torch.float32 and new.att_shift.dtype == new.ffn_shift.dtype == torch.bfloat16
+    eager(monkeypatch)
+    want_logits, want = wide(x.float(), state.to(dtype=torch.float32))
+    torch.testing.assert_close(wide.project(hidden), want_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(new.wkv, want.wkv, rtol=1e-4, atol=1e-4)
+    for name in ("att_shift", "ffn_shift"):  # the fp32 values, rounded once
+        torch.testing.assert_close(getattr(new, name), getattr(want, name).bfloat16(), rtol=8e-3, atol=1e-4)
+
+
+@torch.no_grad()
+def test_compiled_bf16_decoding_is_closer_to_fp32_than_torchs_bf16(monkeypatch):
+    """bf16 weights with fp32 arithmetic (compiled) against bf16 arithmetic throughout (eager)."""
+    lm = make_lm().to(torch.bfloat16).use_gemv_layout()
+    wide = widened(lm)
+    tokens = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(0))
+
+    def decode(model):
+        logits, state = [], None
+        for t in range(tokens.shape[1]):
+            out, state = model(tokens[:, t:t + 1], state)
+            logits.append(out.float())
+        return torch.cat(logits, 1)
+
+    compiled = decode(lm)
+    eager(monkeypatch)
+    reference, torch_bf16 = decode(wide), decode(lm)
+    compiled_error = (compiled - reference).abs().max()
+    assert compiled_error < 0.05 * reference.abs().max()
+    assert compiled_error < 0.5 * (torch_bf16 - reference).abs().max()
+
+
 @torch.no_grad()
 def test_compiled_step_leaves_its_inputs_alone():
     lm = make_lm().use_gemv_layout()
@@ -109,7 +160,11 @@ def test_compiled_step_declines_what_it_does_not_compute():
         assert cpu_kernels.rwkv6_step(lm, x, None) is not None
         assert cpu_kernels.rwkv6_step(lm, torch.randn(1, 2, 128), None) is None  # a prompt, not a step
         assert cpu_kernels.rwkv6_step(lm, torch.randn(cpu_kernels.MAX_ROWS + 1, 1, 128), None) is None
-        assert cpu_kernels.rwkv6_step(lm.to(torch.bfloat16), x.bfloat16(), None) is None
+        assert cpu_kernels.rwkv6_step(lm, x.bfloat16(), None) is None  # not the weights' dtype
+        lm.blocks[1].att.time_faaaa.data = lm.blocks[1].att.time_faaaa.data.bfloat16()
+        assert cpu_kernels.rwkv6_step(lm, x, None) is None  # weights of two dtypes
+        assert cpu_kernels.rwkv6_step(lm.to(torch.bfloat16), x.bfloat16(), None) is not None
+        assert cpu_kernels.rwkv6_step(lm.half(), x.half(), None) is None
     assert cpu_kernels.rwkv6_step(make_lm().use_gemv_layout(), x, None) is None  # autograd on
 
 

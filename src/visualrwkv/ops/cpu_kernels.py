@@ -1,11 +1,12 @@
 """Compiled CPU decoding: rwkv6_cpu.cpp, built on first use with the machine's C++ compiler.
 
 Why hand-written: a decoding step is bound by reading the weights once (~590 MB per token for the
-0.1B-class model), and eager PyTorch loses a third of the step to ~2,500 small operator calls and
-the rest to one-core BLAS products; `torch.compile` measured slower still (docs/benchmarks.md). The
-kernel runs all layers of a step in one call, each product streaming its weight on every thread.
+0.1B-class model in fp32), and eager PyTorch loses a third of the step to ~2,500 small operator calls
+and the rest to one-core BLAS products; `torch.compile` measured slower still (docs/benchmarks.md).
+The kernel runs all layers of a step in one call, each product streaming its weight on every thread.
+It reads fp32 or bf16 weights (half the bytes; the arithmetic stays fp32 either way).
 
-The build is plain g++ (no torch headers, ~2 s) into a per-user cache, keyed by the source, the flags,
+The build is plain g++ (no torch headers, ~1 s) into a per-user cache, keyed by the source, the flags,
 the compiler and the CPU, and written atomically; the library is loaded with ctypes (which releases
 the GIL during the call). Whenever it cannot be used (no compiler, not Linux-like, a build error,
 VISUALRWKV_CPU_KERNELS=0) everything falls back to the PyTorch path, with one warning saying why.
@@ -32,6 +33,7 @@ SOURCE = Path(__file__).with_name("rwkv6_cpu.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 ENV_SWITCH = "VISUALRWKV_CPU_KERNELS"  # "0" turns the compiled kernels off
 MAX_ROWS = 16  # beyond this many rows a product is no longer bound by reading the weights
+WEIGHT_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the weights the kernels read: their `bf16_weights` flag
 
 # per layer, in the order of the `Param` enum in rwkv6_cpu.cpp (attribute paths under a Block)
 LAYER_PARAMETERS = (
@@ -98,9 +100,10 @@ def library() -> ctypes.CDLL | None:
         warnings.warn(f"the compiled CPU kernels could not be built ({error}); decoding uses the slower PyTorch step",
                       RuntimeWarning, stacklevel=2)
         return None
-    lib.visualrwkv_rows_matmul.argtypes = [_p, _i, _p, _i, _i, _p, ctypes.c_int]
+    lib.visualrwkv_rows_matmul.argtypes = [ctypes.c_int, _p, _i, _p, _i, _i, _p, ctypes.c_int]
     lib.visualrwkv_rows_matmul.restype = None
-    lib.visualrwkv_rwkv6_step.argtypes = [_i] * 8 + [ctypes.POINTER(_p)] + [_p] * 2 + [_f, _f] + [_p] * 7 + [ctypes.c_int]
+    lib.visualrwkv_rwkv6_step.argtypes = ([ctypes.c_int] + [_i] * 8 + [ctypes.POINTER(_p)] + [_p] * 2 + [_f, _f]
+                                          + [_p] * 7 + [ctypes.c_int])
     lib.visualrwkv_rwkv6_step.restype = None
     if lib.visualrwkv_params_per_layer() != len(LAYER_PARAMETERS):
         raise RuntimeError("rwkv6_cpu.cpp and LAYER_PARAMETERS disagree on the layer parameters")
@@ -108,22 +111,24 @@ def library() -> ctypes.CDLL | None:
 
 
 def few_rows(x: Tensor, w: Tensor) -> bool:
-    """A product the kernels take: fp32 on CPU, outside autograd, 1 to MAX_ROWS rows, w [in, out] contiguous.
-    Anything else (including shapes that do not fit) goes to torch, which computes it or says what is wrong."""
-    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32
-            and w.dtype == torch.float32 and w.dim() == 2 and w.is_contiguous() and w.numel() > 0
+    """A product the kernels take: fp32 or bf16 (x and w alike) on CPU, outside autograd, 1 to MAX_ROWS
+    rows, w [in, out] contiguous. Anything else (including shapes that do not fit) goes to torch, which
+    computes it or says what is wrong."""
+    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in WEIGHT_DTYPES
+            and w.dtype == x.dtype and w.dim() == 2 and w.is_contiguous() and w.numel() > 0
             and x.dim() >= 1 and x.shape[-1] == w.shape[0] and 0 < x.numel() <= MAX_ROWS * w.shape[0])
 
 
 def rows_matmul(x: Tensor, w: Tensor) -> Tensor | None:
-    """x [..., in] @ w [in, out] by the compiled product; None where it does not apply."""
+    """x [..., in] @ w [in, out] by the compiled product; None where it does not apply. bf16 rows are
+    widened, the sums taken in fp32 and rounded once at the end (as torch's bf16 product does)."""
     if not few_rows(x, w) or (lib := library()) is None:
         return None
-    rows = x.reshape(-1, w.shape[0]).contiguous()
+    rows = x.reshape(-1, w.shape[0]).float().contiguous()
     y = torch.empty(rows.shape[0], w.shape[1])
-    lib.visualrwkv_rows_matmul(rows.data_ptr(), rows.shape[0], w.data_ptr(), w.shape[0], w.shape[1], y.data_ptr(),
-                               torch.get_num_threads())
-    return y.view(*x.shape[:-1], w.shape[1])
+    lib.visualrwkv_rows_matmul(WEIGHT_DTYPES[w.dtype], rows.data_ptr(), rows.shape[0], w.data_ptr(), w.shape[0],
+                               w.shape[1], y.data_ptr(), torch.get_num_threads())
+    return y.to(x.dtype).view(*x.shape[:-1], w.shape[1])
 
 
 class _Pointers:
@@ -144,25 +149,28 @@ class _Pointers:
                 self.slots.append((owner, attribute, isinstance(owner, torch.nn.Linear), shapes[name].shape))
         self.tensors: list[Tensor] = []
         self.addresses: list[int] = []
-        self.array: ctypes.Array | None = None
+        self.found: tuple[ctypes.Array, torch.dtype] | None = None
 
-    def get(self) -> ctypes.Array | None:
+    def get(self) -> tuple[ctypes.Array, torch.dtype] | None:
         tensors = [module._parameters[attribute] for module, attribute, _, _ in self.slots]
         addresses = [t.data_ptr() for t in tensors]
         if addresses != self.addresses or any(a is not b for a, b in zip(tensors, self.tensors)):
             self.tensors, self.addresses = tensors, addresses
-            fits = all(t.dtype == torch.float32 and t.device.type == "cpu" and t.shape == shape
-                       and (t.t() if linear else t).is_contiguous() for t, (_, _, linear, shape) in zip(tensors, self.slots))
-            self.array = (ctypes.c_void_p * len(addresses))(*addresses) if fits else None
-        return self.array
+            dtype = tensors[0].dtype
+            fits = dtype in WEIGHT_DTYPES and all(
+                t.dtype == dtype and t.device.type == "cpu" and t.shape == shape
+                and (t.t() if linear else t).is_contiguous() for t, (_, _, linear, shape) in zip(tensors, self.slots))
+            self.found = ((ctypes.c_void_p * len(addresses))(*addresses), dtype) if fits else None
+        return self.found
 
 
 _pointers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def layer_pointers(model) -> ctypes.Array | None:
-    """The addresses of the parameters the step reads, or None if one is not fp32 CPU memory in the
-    layout the step takes: nn.Linear weights input-major (`RWKV.use_gemv_layout`), all else contiguous."""
+def layer_pointers(model) -> tuple[ctypes.Array, torch.dtype] | None:
+    """The addresses of the parameters the step reads and their one dtype, or None if they are not all
+    fp32 or all bf16 CPU memory in the layout the step takes: nn.Linear weights input-major
+    (`RWKV.use_gemv_layout`), all else contiguous."""
     blocks = tuple(model.blocks)
     cached = _pointers.get(model)
     if cached is None or len(cached.blocks) != len(blocks) or any(a is not b for a, b in zip(cached.blocks, blocks)):
@@ -173,12 +181,15 @@ def layer_pointers(model) -> ctypes.Array | None:
 def rwkv6_step(model, x: Tensor, state):
     """One token [B, 1, C] through every layer of `model` (an RWKV) by the compiled step.
 
-    Returns (hidden [B, 1, C] before ln_out, the new RWKVState), or None where the step does not
-    apply (autograd on, not fp32 on CPU, more than MAX_ROWS rows, a parameter in another layout)."""
+    Returns (hidden [B, 1, C] fp32, before ln_out; the new RWKVState, shifts in x's dtype), or None
+    where the step does not apply (autograd on, weights neither all fp32 nor all bf16 CPU memory in the
+    GEMV layout, x not in their dtype, more than MAX_ROWS rows). With bf16 weights the arithmetic and
+    the carried values stay fp32: the step is the fp32 step on the weights widened."""
     B, T, C = x.shape
-    if (T != 1 or B > MAX_ROWS or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-            or (lib := library()) is None or (pointers := layer_pointers(model)) is None):
+    if (T != 1 or B > MAX_ROWS or torch.is_grad_enabled() or x.device.type != "cpu"
+            or (lib := library()) is None or (found := layer_pointers(model)) is None or x.dtype != found[1]):
         return None
+    pointers, dtype = found
     cfg = model.config
     if state is None:
         state = model.new_state(B)
@@ -188,14 +199,15 @@ def rwkv6_step(model, x: Tensor, state):
         raise ValueError(f"state shapes {[tuple(t.shape) for t in (state.att_shift, state.wkv, state.ffn_shift)]} "
                          f"do not fit this model: expected {[list(s) for s in expected]}")
     first, att = model.blocks[0], model.blocks[0].att
-    old = [t.contiguous() for t in (state.att_shift, state.wkv, state.ffn_shift)]
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous()
-           for t in (*old, first.ln0.weight, first.ln0.bias)) or (first.ln0.weight.shape, first.ln0.bias.shape) != ((C,), (C,)):
+    if (any(t.device.type != "cpu" for t in (state.att_shift, state.wkv, state.ffn_shift))
+            or any(t.dtype != dtype or not t.is_contiguous() or t.shape != (C,) for t in (first.ln0.weight, first.ln0.bias))):
         return None
+    old = [t.float().contiguous() for t in (state.att_shift, state.wkv, state.ffn_shift)]  # the kernel reads fp32
     new = [torch.empty_like(t) for t in old]
-    hidden = x.reshape(B, C).clone(memory_format=torch.contiguous_format)  # the kernel writes it in place
+    hidden = x.reshape(B, C).to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # written in place
     lib.visualrwkv_rwkv6_step(
-        L, B, C, H, N, cfg.mix_rank, cfg.decay_rank, cfg.dim_ffn, pointers,
+        WEIGHT_DTYPES[dtype], L, B, C, H, N, cfg.mix_rank, cfg.decay_rank, cfg.dim_ffn, pointers,
         first.ln0.weight.data_ptr(), first.ln0.bias.data_ptr(), first.ln1.eps, att.ln_x.eps, hidden.data_ptr(),
         *(t.data_ptr() for t in old), *(t.data_ptr() for t in new), torch.get_num_threads())
-    return hidden.view(B, 1, C), type(state)(*new)
+    att_shift, wkv, ffn_shift = new
+    return hidden.view(B, 1, C), type(state)(att_shift.to(dtype), wkv, ffn_shift.to(dtype))

@@ -19,13 +19,13 @@ from . import cpu_kernels
 
 
 def split_count(x: Tensor, w: Tensor) -> int:
-    """How many input blocks `x @ w` runs as: the thread count for a product `cpu_kernels.few_rows`
-    takes (few rows, fp32 on CPU, w contiguous, outside autograd) whose input rows divide among the
-    threads, else 1 (the plain product). bf16 has its own kernels (the split measured slower); a GPU
+    """How many input blocks `x @ w` runs as: the thread count for an fp32 product `cpu_kernels.few_rows`
+    takes (few rows on CPU, w contiguous, outside autograd) whose input rows divide among the threads,
+    else 1 (the plain product). torch's bf16 product has its own kernels (the split measured slower); a GPU
     already runs one product on the whole device; and training keeps the plain product so that its
     results do not depend on the thread count (one process or several)."""
     threads = torch.get_num_threads()
-    if threads < 2 or not cpu_kernels.few_rows(x, w) or w.shape[0] % threads:
+    if threads < 2 or x.dtype != torch.float32 or not cpu_kernels.few_rows(x, w) or w.shape[0] % threads:
         return 1
     return threads
 

@@ -5,20 +5,30 @@
 // streams it on one core. Here each product streams its weight sequentially on every thread (one
 // contiguous block of input rows per thread, partial rows summed), and everything between the
 // products is a few loops over C values: one call, no allocation per operator, no Python.
+// Weights are fp32 or bf16 (`Weight` below); bf16 halves the bytes a step reads, and the math stays fp32.
 //
 // Built by `visualrwkv.ops.cpu_kernels` with the machine's C++ compiler (-O3 -march=native -fopenmp)
 // and called through ctypes; OpenMP resolves to the libgomp that torch has already loaded, so these
-// threads are torch's threads. All math is fp32, as in the PyTorch step (rwkv/model.py), which stays
-// the reference: results agree up to summation order.
+// threads are torch's threads. All math is fp32, as in the fp32 PyTorch step (rwkv/model.py), which
+// stays the reference: results agree up to summation order (for bf16 weights: with the fp32 step on
+// the same weights widened to fp32).
 
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
+
+// A bfloat16 weight: the top half of an fp32. Widening is exact (a shift), so loops over bf16
+// weights vectorize as a load, a zero-extension and a shift ahead of the fp32 arithmetic.
+struct bf16 {
+    uint16_t bits;
+    operator float() const;
+};
 
 // y[b, :] = sum_i x[b, i] w[i, :], for b < rows; w is [in, out] row-major, x rows are ldx apart.
 // Called by every thread of a parallel region: thread t reads input rows [in*t/T, in*(t+1)/T) in
@@ -26,9 +36,66 @@ namespace {
 // range. `partial` holds T * rows * out floats. Sixteen input rows are read per pass over a partial
 // row: with four, the partial's load and store per step held the stream to ~24 GB/s here (~29 now,
 // within a few percent of a plain read).
-void team_matmul(const float* x, int64_t rows, int64_t ldx, const float* w, int64_t in, int64_t out,
+constexpr int64_t U = 16;  // input rows per pass over a partial row (see team_matmul)
+
+inline float from_bits(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+inline bf16::operator float() const { return from_bits(uint32_t(bits) << 16); }
+
+// acc[j] += sum_u xs[u] block[u * out + j] for j < n, the U input rows of one pass.
+inline void accumulate(float* __restrict acc, const float* xs, const float* __restrict block, int64_t out,
+                       int64_t n) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+        float s = acc[j];
+#pragma GCC unroll 16
+        for (int64_t u = 0; u < U; ++u) s += xs[u] * block[u * out + j];
+        acc[j] = s;
+    }
+}
+
+// The same over bf16 weights. One 32-bit load holds columns 2k and 2k+1: its low half shifted up and
+// its high half masked off are their fp32 values, with no cross-lane shuffle (widening 16 values into
+// 16 lanes held the products to ~17-27 GB/s here); the partial row is split into even and odd columns
+// once per pass.
+inline void accumulate(float* __restrict acc, const float* xs, const bf16* __restrict block, int64_t out,
+                       int64_t n) {
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+        float even[16], odd[16];
+        for (int k = 0; k < 16; ++k) {
+            even[k] = acc[j + 2 * k];
+            odd[k] = acc[j + 2 * k + 1];
+        }
+#pragma GCC unroll 16
+        for (int64_t u = 0; u < U; ++u) {
+            const bf16* row = block + u * out + j;
+#pragma omp simd
+            for (int k = 0; k < 16; ++k) {
+                uint32_t pair;
+                std::memcpy(&pair, row + 2 * k, sizeof pair);
+                even[k] += xs[u] * from_bits(pair << 16);
+                odd[k] += xs[u] * from_bits(pair & 0xffff0000u);
+            }
+        }
+        for (int k = 0; k < 16; ++k) {
+            acc[j + 2 * k] = even[k];
+            acc[j + 2 * k + 1] = odd[k];
+        }
+    }
+    for (; j < n; ++j) {
+        float s = acc[j];
+        for (int64_t u = 0; u < U; ++u) s += xs[u] * float(block[u * out + j]);
+        acc[j] = s;
+    }
+}
+
+template <typename Weight>
+void team_matmul(const float* x, int64_t rows, int64_t ldx, const Weight* w, int64_t in, int64_t out,
                  float* y, float* partial) {
-    constexpr int64_t U = 16;
     const int threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = in * t / threads, last = in * (t + 1) / threads;
     float* mine = partial + t * rows * out;
@@ -39,27 +106,20 @@ void team_matmul(const float* x, int64_t rows, int64_t ldx, const float* w, int6
         for (int64_t b = 0; b < rows; ++b) std::fill_n(mine + b * out + c0, n, 0.0f);
         int64_t i = first;
         for (; i + U <= last; i += U) {
-            const float* __restrict block = w + i * out + c0;
+            const Weight* __restrict block = w + i * out + c0;
             for (int64_t b = 0; b < rows; ++b) {
                 float xs[U];
                 for (int64_t u = 0; u < U; ++u) xs[u] = x[b * ldx + i + u];
-                float* __restrict acc = mine + b * out + c0;
-#pragma omp simd
-                for (int64_t j = 0; j < n; ++j) {
-                    float s = acc[j];
-#pragma GCC unroll 16
-                    for (int64_t u = 0; u < U; ++u) s += xs[u] * block[u * out + j];
-                    acc[j] = s;
-                }
+                accumulate(mine + b * out + c0, xs, block, out, n);
             }
         }
         for (; i < last; ++i) {
-            const float* __restrict row = w + i * out + c0;
+            const Weight* __restrict row = w + i * out + c0;
             for (int64_t b = 0; b < rows; ++b) {
                 const float xi = x[b * ldx + i];
                 float* __restrict acc = mine + b * out + c0;
 #pragma omp simd
-                for (int64_t j = 0; j < n; ++j) acc[j] += xi * row[j];
+                for (int64_t j = 0; j < n; ++j) acc[j] += xi * float(row[j]);
             }
         }
     }
@@ -73,7 +133,8 @@ void team_matmul(const float* x, int64_t rows, int64_t ldx, const float* w, int6
 #pragma omp barrier
 }
 
-void layer_norm(const float* x, const float* weight, const float* bias, float eps, int64_t n, float* y) {
+template <typename Weight>
+void layer_norm(const float* x, const Weight* weight, const Weight* bias, float eps, int64_t n, float* y) {
     double mean = 0, var = 0;
     for (int64_t i = 0; i < n; ++i) mean += x[i];
     mean /= n;
@@ -95,15 +156,9 @@ enum Param {
     PARAMS_PER_LAYER
 };
 
-}  // namespace
-
-extern "C" {
-
-int visualrwkv_params_per_layer() { return PARAMS_PER_LAYER; }
-
 // y [rows, out] = x [rows, in] @ w [in, out] on `threads` threads.
-void visualrwkv_rows_matmul(const float* x, int64_t rows, const float* w, int64_t in, int64_t out, float* y,
-                            int threads) {
+template <typename Weight>
+void rows_matmul(const float* x, int64_t rows, const Weight* w, int64_t in, int64_t out, float* y, int threads) {
     threads = std::max(threads, 1);
     static thread_local std::vector<float> partial;
     partial.resize(size_t(threads) * rows * out);
@@ -116,11 +171,11 @@ void visualrwkv_rows_matmul(const float* x, int64_t rows, const float* w, int64_
 // ln_out). The state tensors are [L, B, C] (shifts) and [L, B, H, N, N] (WKV, [key, value]); the old
 // state is read and the new one written to separate buffers. `params` holds PARAMS_PER_LAYER pointers
 // per layer; every matrix is [in, out] row-major; `maa_w2` is [5, R, C] in the order (w, k, v, r, g).
-void visualrwkv_rwkv6_step(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, int64_t R, int64_t D,
-                           int64_t F, const float* const* params, const float* ln0_w, const float* ln0_b,
-                           float ln_eps, float gn_eps, float* x, const float* att_shift, const float* wkv,
-                           const float* ffn_shift, float* new_att_shift, float* new_wkv, float* new_ffn_shift,
-                           int threads) {
+template <typename Weight>
+void rwkv6_step(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, int64_t R, int64_t D, int64_t F,
+                const Weight* const* params, const Weight* ln0_w, const Weight* ln0_b, float ln_eps, float gn_eps,
+                float* x, const float* att_shift, const float* wkv, const float* ffn_shift, float* new_att_shift,
+                float* new_wkv, float* new_ffn_shift, int threads) {
     threads = std::max(threads, 1);
     std::vector<float> xa(B * C), dx(B * C), xxx(B * C), lora(B * 5 * R), mix(5 * B * C), xs(5 * B * C),
         rkvg(4 * B * C), dlo(B * D), wdelta(B * C), y(B * C), out(B * C), ffk(B * F), ffr(B * C);
@@ -130,7 +185,7 @@ void visualrwkv_rwkv6_step(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N
 
 #pragma omp parallel num_threads(threads)
     for (int64_t l = 0; l < L; ++l) {
-        const float* const* p = params + l * PARAMS_PER_LAYER;
+        const Weight* const* p = params + l * PARAMS_PER_LAYER;
         const int64_t BC = B * C;
 #pragma omp single
         for (int64_t b = 0; b < B; ++b) {
@@ -153,7 +208,7 @@ void visualrwkv_rwkv6_step(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N
             team_matmul(lora.data() + s * R, B, 5 * R, p[MAA_W2] + s * R * C, R, C, mix.data() + s * BC, part);
 #pragma omp single
         {
-            const float* maa[5] = {p[MAA_W], p[MAA_K], p[MAA_V], p[MAA_R], p[MAA_G]};
+            const Weight* maa[5] = {p[MAA_W], p[MAA_K], p[MAA_V], p[MAA_R], p[MAA_G]};
             for (int s = 0; s < 5; ++s)
                 for (int64_t e = 0; e < BC; ++e)
                     xs[s * BC + e] = xa[e] + dx[e] * (maa[s][e % C] + mix[s * BC + e]);
@@ -173,7 +228,7 @@ void visualrwkv_rwkv6_step(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N
         for (int64_t bh = 0; bh < B * H; ++bh) {
             const int64_t b = bh / H, h = bh % H, o = b * C + h * N;
             const float *r = rkvg.data() + o, *k = rkvg.data() + BC + o, *v = rkvg.data() + 2 * BC + o;
-            const float* u = p[BONUS] + h * N;
+            const Weight* u = p[BONUS] + h * N;
             const float* S = wkv + ((l * B + b) * H + h) * N * N;
             float* S2 = new_wkv + ((l * B + b) * H + h) * N * N;
             float* yh = y.data() + o;
@@ -224,6 +279,39 @@ void visualrwkv_rwkv6_step(int64_t L, int64_t B, int64_t C, int64_t H, int64_t N
 #pragma omp single
         for (int64_t e = 0; e < BC; ++e) x[e] += sigmoid(ffr[e]) * out[e];
     }
+}
+
+}  // namespace
+
+extern "C" {
+
+int visualrwkv_params_per_layer() { return PARAMS_PER_LAYER; }
+
+// The entry points take the weights' dtype as a flag: `bf16_weights` 0 for fp32, 1 for bf16.
+
+// y [rows, out] = x [rows, in] @ w [in, out] on `threads` threads.
+void visualrwkv_rows_matmul(int bf16_weights, const float* x, int64_t rows, const void* w, int64_t in, int64_t out,
+                            float* y, int threads) {
+    auto run = [&](auto weight) {
+        using Weight = decltype(weight);
+        rows_matmul(x, rows, static_cast<const Weight*>(w), in, out, y, threads);
+    };
+    bf16_weights ? run(bf16{}) : run(0.0f);
+}
+
+// `rwkv6_step`, every parameter in the one dtype.
+void visualrwkv_rwkv6_step(int bf16_weights, int64_t L, int64_t B, int64_t C, int64_t H, int64_t N, int64_t R,
+                           int64_t D, int64_t F, const void* const* params, const void* ln0_w, const void* ln0_b,
+                           float ln_eps, float gn_eps, float* x, const float* att_shift, const float* wkv,
+                           const float* ffn_shift, float* new_att_shift, float* new_wkv, float* new_ffn_shift,
+                           int threads) {
+    auto run = [&](auto weight) {
+        using Weight = decltype(weight);
+        rwkv6_step(L, B, C, H, N, R, D, F, reinterpret_cast<const Weight* const*>(params),
+                   static_cast<const Weight*>(ln0_w), static_cast<const Weight*>(ln0_b), ln_eps, gn_eps, x, att_shift,
+                   wkv, ffn_shift, new_att_shift, new_wkv, new_ffn_shift, threads);
+    };
+    bf16_weights ? run(bf16{}) : run(0.0f);
 }
 
 }  // extern "C"

@@ -272,7 +272,7 @@ class RWKV(nn.Module):
             raise ValueError(f"state has batch size {state.batch_size}, inputs have {x.shape[0]}")
         if (compiled := cpu_kernels.rwkv6_step(self, x, state)) is not None:  # decoding on CPU
             x, new_state = compiled
-            return self.project(x, logits), new_state
+            return self.project(x.to(self.dtype), logits), new_state
         layers = []
         for i, block in enumerate(self.blocks):
             x, layer_state = self.run_block(block, x, state.layer(i) if state is not None else None)
