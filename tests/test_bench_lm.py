@@ -13,11 +13,11 @@ from visualrwkv.rwkv.model import RWKV, RWKVConfig
 def test_quick_lm_bench_through_the_cli(tmp_path, capsys):
     out = tmp_path / "lm.json"
     assert main(["bench", "lm", "--configs", "64x2", "--prompt", "20", "--decode-steps", "2", "--repeats", "1",
-                 "--vocab", "300", "--batch", "3", "--bf16", "--bandwidth-buffer-mib", "8",
+                 "--vocab", "300", "--batch", "3", "--bf16", "--compile", "--bandwidth-buffer-mib", "8",
                  "--out", str(out)]) == 0
     results = json.loads(out.read_text())
     rows = {r["impl"]: r for r in results["rows"]}
-    assert set(rows) == {"visualrwkv", "visualrwkv-bf16", "rwkv-0.8"}
+    assert set(rows) == {"visualrwkv", "visualrwkv-bf16", "visualrwkv-compile", "rwkv-0.8"}
     for row in rows.values():
         assert (row["n_embd"], row["n_layer"], row["prompt_tokens"]) == (64, 2, 20)
         assert row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0
@@ -26,6 +26,7 @@ def test_quick_lm_bench_through_the_cli(tmp_path, capsys):
     assert ours["copy_bandwidth_bytes_per_s"] > 0
     assert ours["decode_bound_tok_s"] == pytest.approx(ours["copy_bandwidth_bytes_per_s"] / ours["weight_bytes_per_token"])
     assert ours["batch"] == 3 and ours["batched_decode_tok_s"] > 0 and ours["matrix_pass_tok_s"] > 0
+    assert rows["visualrwkv-compile"]["weight_bytes_per_token"] == ours["weight_bytes_per_token"]
     assert rows["rwkv-0.8"]["batched_decode_tok_s"] is None  # the package decodes one sequence at a time
     assert "| C64/L2 | visualrwkv | 20 |" in capsys.readouterr().out
 

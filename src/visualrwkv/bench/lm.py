@@ -115,15 +115,18 @@ def _greedy_step(step, state, tokens: list[int]):
 @torch.no_grad()
 def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_steps: int, repeats: int,
                  vocab_size: int = 65536, bandwidth_buffer: int = 512 << 20, batch: int = 8, bf16: bool = False,
-                 log=print) -> list[LMBenchRow]:
+                 compile: bool = False, log=print) -> list[LMBenchRow]:
     """Every measurement alternates between the implementations (prefill repeat by repeat, decode
-    step by step), so a slow spell of the machine hits all of them alike and the ratios hold."""
+    step by step), so a slow spell of the machine hits all of them alike and the ratios hold.
+    `compile` adds the PyTorch step under torch.compile; it compiles during the warm-up steps."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pth"
         torch.save(random_rwkv6_state_dict(n_embd, n_layer, vocab_size, seed=0), path)
         models = {"visualrwkv": load_rwkv(path).use_gemv_layout()}
         if bf16:
             models["visualrwkv-bf16"] = load_rwkv(path, dtype=torch.bfloat16).use_gemv_layout()
+        if compile:  # the default layout, which the C++ step does not read: every step is torch.compile's
+            models["visualrwkv-compile"] = load_rwkv(path).compile_step()
         reference = _load_reference(path)
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -209,7 +212,8 @@ def run(args) -> int:
     rows = []
     for n_embd, n_layer in configs:
         rows += bench_config(n_embd, n_layer, args.prompt, args.decode_steps, args.repeats, args.vocab,
-                             bandwidth_buffer=args.bandwidth_buffer_mib << 20, batch=args.batch, bf16=args.bf16)
+                             bandwidth_buffer=args.bandwidth_buffer_mib << 20, batch=args.batch, bf16=args.bf16,
+                             compile=args.compile)
     table = markdown_table(rows)
     print(table)
     if args.out:
@@ -229,6 +233,8 @@ def add_arguments(p) -> None:
     p.add_argument("--vocab", type=int, default=65536)
     p.add_argument("--batch", type=int, default=8, help="rows of the batched decode measurement (1: skip it)")
     p.add_argument("--bf16", action="store_true", help="also measure ours with bf16 weights")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure the PyTorch decode step under torch.compile (compiles for ~1 min at 768x12)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--bandwidth-buffer-mib", type=int, default=512, help="size of the copy-bandwidth buffer")
     p.add_argument("--out", help="write the results as JSON here")

@@ -125,6 +125,8 @@ def run(args) -> int:
         except ValueError:
             raise ValueError(f"--random must look like 768x12 (WIDTHxLAYERS), got {args.random!r}") from None
         model = random_model(n_embd, n_layer).to(device=args.device, dtype=torch_dtype(args.dtype))
+        if args.compile:
+            model.rwkv.compile_step()
         name = f"random C{n_embd}/L{n_layer}"
     else:
         model, name = load_model_from_args(args), args.model or "default tiny model"

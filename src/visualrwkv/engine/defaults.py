@@ -14,8 +14,9 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 
 
 def load_model(path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu") -> VisualRWKV:
-    """The model at `path` (a visualrwkv directory or an official checkpoint), else the shipped default."""
+               device: str | torch.device = "cpu", compile: bool = False) -> VisualRWKV:
+    """The model at `path` (a visualrwkv directory or an official checkpoint), else the shipped default;
+    `compile`: decode with torch.compile where the compiled CPU step does not apply (`RWKV.compile_step`)."""
     if path is None:
         if not (DEFAULT_MODEL_DIR / CONFIG_NAME).is_file():
             raise FileNotFoundError(
@@ -26,6 +27,8 @@ def load_model(path: str | os.PathLike | None = None, *, dtype: torch.dtype = to
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")
     model = VisualRWKV.from_pretrained(path, dtype=dtype, device=device)
     model.rwkv.use_gemv_layout()  # inference only: decoding streams input-major weights faster
+    if compile:
+        model.rwkv.compile_step()
     return model
 
 

@@ -1,4 +1,4 @@
-"""--model, --dtype and --device: how every command that runs a model picks and places it.
+"""--model, --dtype, --device and --compile: how every command that runs a model picks and places it.
 
 Kept free of torch imports, so building the CLI's parsers (`visualrwkv --help`) stays instant.
 Dtype names are torch's, as in `visualrwkv convert --dtype` and `bench vlm --dtype`.
@@ -15,6 +15,9 @@ def add_model_arguments(p, what: str = "model directory or official checkpoint")
                    help="weights' dtype (default float32; bfloat16 halves the memory and the bytes a decode step "
                         "reads; the recurrent WKV state stays float32)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--compile", action="store_true",
+                   help="decode with torch.compile where the compiled CPU step does not apply (a GPU, more than "
+                        "16 rows, float16); compiles on first use, falls back to eager with a warning")
 
 
 def torch_dtype(name: str):
@@ -26,4 +29,4 @@ def torch_dtype(name: str):
 def load_model_from_args(args):
     from .defaults import load_model
 
-    return load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device)
+    return load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device, compile=args.compile)

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from ..ops import cpu_kernels
 from ..ops.linear import Linear, rows_matmul
 from ..ops.wkv6 import wkv6
+from .compiled_step import CompiledStep
 
 HEAD_SIZE_DIVISOR = 8  # ln_x eps = 1e-5 * divisor² (SPEC §2.2 step 6)
 
@@ -238,6 +239,7 @@ class RWKV(nn.Module):
         self.ln_out = nn.LayerNorm(config.n_embd)
         self.head = Linear(config.n_embd, config.vocab_size)
         self.gradient_checkpointing = False
+        self.compiled_step: CompiledStep | None = None  # compile_step()
         self.reset_parameters()
 
     @property
@@ -273,11 +275,20 @@ class RWKV(nn.Module):
         if (compiled := cpu_kernels.rwkv6_step(self, x, state)) is not None:  # decoding on CPU
             x, new_state = compiled
             return self.project(x.to(self.dtype), logits), new_state
+        if (self.compiled_step is not None and x.shape[1] == 1 and not torch.is_grad_enabled()
+                and (compiled := self.compiled_step(x, state)) is not None):
+            x, new_state = compiled
+            return self.project(x, logits), new_state
+        x, new_state = self.run_blocks(x, state)
+        return self.project(x, logits), new_state
+
+    def run_blocks(self, x: Tensor, state: RWKVState | None) -> tuple[Tensor, RWKVState]:
+        """Embeddings [B, T, C] through every block: (the last hidden states, the new state)."""
         layers = []
         for i, block in enumerate(self.blocks):
             x, layer_state = self.run_block(block, x, state.layer(i) if state is not None else None)
             layers.append(layer_state)
-        return self.project(x, logits), RWKVState.from_layers(layers)
+        return x, RWKVState.from_layers(layers)
 
     def run_block(self, block: Block, x: Tensor, layer_state):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -293,6 +304,12 @@ class RWKV(nn.Module):
         elif logits != "all":
             raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
         return self.head(self.ln_out(x))
+
+    def compile_step(self, mode: str | None = None) -> "RWKV":
+        """Decode with the PyTorch step under `torch.compile` wherever the compiled CPU step does not
+        apply (see rwkv/compiled_step.py); `mode` is torch.compile's. Prompts and training stay eager."""
+        self.compiled_step = CompiledStep(self, mode)
+        return self
 
     def new_state(self, batch_size: int = 1) -> RWKVState:
         return RWKVState.zeros(self.config, batch_size, self.device, self.dtype)
