@@ -23,19 +23,12 @@
 
 namespace {
 
-// A bfloat16 weight: the top half of an fp32. Widening is exact (a shift), so loops over bf16
-// weights vectorize as a load, a zero-extension and a shift ahead of the fp32 arithmetic.
+// A bfloat16 weight: the top half of an fp32, so widening it is exact (a shift).
 struct bf16 {
     uint16_t bits;
     operator float() const;
 };
 
-// y[b, :] = sum_i x[b, i] w[i, :], for b < rows; w is [in, out] row-major, x rows are ldx apart.
-// Called by every thread of a parallel region: thread t reads input rows [in*t/T, in*(t+1)/T) in
-// address order into its own partial rows, then the threads sum the partials column range by column
-// range. `partial` holds T * rows * out floats. Sixteen input rows are read per pass over a partial
-// row: with four, the partial's load and store per step held the stream to ~24 GB/s here (~29 now,
-// within a few percent of a plain read).
 constexpr int64_t U = 16;  // input rows per pass over a partial row (see team_matmul)
 
 inline float from_bits(uint32_t u) {
@@ -59,8 +52,8 @@ inline void accumulate(float* __restrict acc, const float* xs, const float* __re
 
 // The same over bf16 weights. One 32-bit load holds columns 2k and 2k+1: its low half shifted up and
 // its high half masked off are their fp32 values, with no cross-lane shuffle (widening 16 values into
-// 16 lanes held the products to ~17-27 GB/s here); the partial row is split into even and odd columns
-// once per pass.
+// 16 lanes read the 65536-column head at ~23 GB/s here, the pairs at ~27); the partial row is split
+// into even and odd columns once per pass, for all U input rows.
 inline void accumulate(float* __restrict acc, const float* xs, const bf16* __restrict block, int64_t out,
                        int64_t n) {
     int64_t j = 0;
@@ -93,6 +86,12 @@ inline void accumulate(float* __restrict acc, const float* xs, const bf16* __res
     }
 }
 
+// y[b, :] = sum_i x[b, i] w[i, :], for b < rows; w is [in, out] row-major, x rows are ldx apart.
+// Called by every thread of a parallel region: thread t reads input rows [in*t/T, in*(t+1)/T) in
+// address order into its own partial rows, then the threads sum the partials column range by column
+// range. `partial` holds T * rows * out floats. Sixteen input rows are read per pass over a partial
+// row: with four, the partial's load and store per step held the stream to ~24 GB/s here (~29 now,
+// within a few percent of a plain read).
 template <typename Weight>
 void team_matmul(const float* x, int64_t rows, int64_t ldx, const Weight* w, int64_t in, int64_t out,
                  float* y, float* partial) {
@@ -100,7 +99,7 @@ void team_matmul(const float* x, int64_t rows, int64_t ldx, const Weight* w, int
     const int64_t first = in * t / threads, last = in * (t + 1) / threads;
     float* mine = partial + t * rows * out;
     // columns in chunks whose partial rows stay in L2 while the input rows stream past them
-    const int64_t chunk = std::max<int64_t>(256, (32768 / rows) & ~int64_t(15));
+    const int64_t chunk = std::max<int64_t>(256, (32768 / rows) & ~int64_t(31));
     for (int64_t c0 = 0; c0 < out; c0 += chunk) {
         const int64_t n = std::min(chunk, out - c0);
         for (int64_t b = 0; b < rows; ++b) std::fill_n(mine + b * out + c0, n, 0.0f);
