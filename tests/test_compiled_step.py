@@ -49,7 +49,7 @@ def test_compiled_decoding_equals_eager_decoding():
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         for name in ("att_shift", "wkv", "ffn_shift"):
             torch.testing.assert_close(getattr(state, name), getattr(want_state, name), rtol=1e-4, atol=1e-4)
-    assert calls == {"asked": 6, "answered": 6}
+    assert calls == {"asked": 8, "answered": 6}  # the two prompts are declined
 
 
 def test_the_compiled_step_is_for_decoding_outside_autograd():
@@ -58,7 +58,7 @@ def test_the_compiled_step_is_for_decoding_outside_autograd():
     lm(torch.randint(0, V, (1, 1)))  # autograd on: training keeps the eager blocks
     with torch.no_grad():
         lm(torch.randint(0, V, (1, 5)))  # a prompt
-    assert calls["asked"] == 0
+    assert calls == {"asked": 2, "answered": 0}
 
 
 @torch.no_grad()

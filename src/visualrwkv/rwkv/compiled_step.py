@@ -15,15 +15,16 @@ import torch
 
 
 class CompiledStep:
-    """`step(x [B, 1, C], state) -> (hidden [B, 1, C], RWKVState)` by the compiled blocks of `model`,
-    or None once compiling has failed (the caller then runs the eager blocks)."""
+    """`step(x [B, 1, C], state) -> (hidden [B, 1, C], RWKVState)` by the compiled blocks of `model`;
+    None for what it does not take (a prompt, autograd on) and once compiling has failed: the caller
+    then runs the eager blocks."""
 
     def __init__(self, model, mode: str | None = None):
         self.compiled = torch.compile(model.run_blocks, mode=mode)
         self.failure: Exception | None = None
 
     def __call__(self, x, state):
-        if self.failure is not None:
+        if self.failure is not None or x.shape[1] != 1 or torch.is_grad_enabled():
             return None
         try:
             return self.compiled(x, state)

@@ -272,15 +272,13 @@ class RWKV(nn.Module):
             raise ValueError("inputs must hold at least one position")
         if state is not None and state.batch_size != x.shape[0]:
             raise ValueError(f"state has batch size {state.batch_size}, inputs have {x.shape[0]}")
-        if (compiled := cpu_kernels.rwkv6_step(self, x, state)) is not None:  # decoding on CPU
-            x, new_state = compiled
-            return self.project(x.to(self.dtype), logits), new_state
-        if (self.compiled_step is not None and x.shape[1] == 1 and not torch.is_grad_enabled()
-                and (compiled := self.compiled_step(x, state)) is not None):
-            x, new_state = compiled
-            return self.project(x, logits), new_state
-        x, new_state = self.run_blocks(x, state)
-        return self.project(x, logits), new_state
+        # a decoding step by the compiled C++ step (CPU), else by torch.compile if asked for, else eager;
+        # each fast step returns None for what it does not take
+        stepped = cpu_kernels.rwkv6_step(self, x, state)
+        if stepped is None and self.compiled_step is not None:
+            stepped = self.compiled_step(x, state)
+        x, new_state = stepped if stepped is not None else self.run_blocks(x, state)
+        return self.project(x.to(self.dtype), logits), new_state  # the C++ step's hidden state is fp32
 
     def run_blocks(self, x: Tensor, state: RWKVState | None) -> tuple[Tensor, RWKVState]:
         """Embeddings [B, T, C] through every block: (the last hidden states, the new state)."""
