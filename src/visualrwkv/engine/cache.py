@@ -25,16 +25,26 @@ class CacheableState(Protocol):
 def make_key(image_bytes: bytes | None, prefix_ids: Sequence[int], model_id: str) -> str:
     """sha256 hex digest naming (image, token prefix, model).
 
-    Each part is length-prefixed, so different splits of the same bytes never collide, and "no
+    Each part is length-delimited, so different splits of the same bytes never collide, and "no
     image" differs from an empty image.
     """
+    ids = list(prefix_ids)
+    return make_prefix_keys(image_bytes, ids, [len(ids)], model_id)[0]
+
+
+def make_prefix_keys(image_bytes: bytes | None, ids: Sequence[int], lengths: Sequence[int],
+                     model_id: str) -> list[str]:
+    """`make_key(image_bytes, ids[:n], model_id)` for every n in `lengths` (ascending), in one pass
+    over `ids`: a prompt of hundreds of turns has hundreds of checkpoints, and hashing each prefix
+    from the start would cost quadratic time in the engine thread."""
     if image_bytes is not None and not isinstance(image_bytes, (bytes, bytearray, memoryview)):
         raise TypeError(f"image_bytes must be bytes or None, got {type(image_bytes).__name__}")
     if not isinstance(model_id, str) or not model_id:
         raise ValueError(f"model_id must be a non-empty string, got {model_id!r}")
-    ids = list(prefix_ids)
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+    if any(type(i) is not int for i in ids):  # bool is a subclass of int: refused too
         raise ValueError("prefix_ids must be a list of integers")
+    if any(b < a for a, b in zip(lengths, lengths[1:])) or any(not 0 <= n <= len(ids) for n in lengths):
+        raise ValueError("lengths must be ascending prefix lengths")
 
     h = hashlib.sha256()
     model = model_id.encode("utf-8")
@@ -44,9 +54,16 @@ def make_key(image_bytes: bytes | None, prefix_ids: Sequence[int], model_id: str
     else:
         h.update(b"\x01" + struct.pack("<Q", len(image_bytes)))
         h.update(image_bytes)
-    # signed 64-bit: token ids include the negative image sentinel (-200)
-    h.update(struct.pack("<Q", len(ids)) + struct.pack(f"<{len(ids)}q", *ids))
-    return h.hexdigest()
+    keys, done = [], 0
+    for n in lengths:
+        # signed 64-bit: token ids include the negative image sentinel (-200); the count comes
+        # last, so that the hash of a prefix can be carried on to the next one
+        h.update(struct.pack(f"<{n - done}q", *ids[done:n]))
+        done = n
+        key = h.copy()
+        key.update(struct.pack("<Q", n))
+        keys.append(key.hexdigest())
+    return keys
 
 
 @dataclass(frozen=True)

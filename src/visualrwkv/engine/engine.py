@@ -33,7 +33,7 @@ from PIL import Image
 from torch import Tensor
 
 from visualrwkv.constants import IMAGE_TOKEN_INDEX, STOP_TOKEN_INDEX
-from visualrwkv.engine.cache import CacheStats, PrefixStateCache, make_key
+from visualrwkv.engine.cache import CacheStats, PrefixStateCache, make_key, make_prefix_keys
 from visualrwkv.engine.sampling import Sampler, SamplingParams, SamplingRow
 from visualrwkv.engine.stream import TextStream
 from visualrwkv.prompts import build_inference_prompt, normalize_value
@@ -41,6 +41,7 @@ from visualrwkv.rwkv.model import RWKVState
 from visualrwkv.vision.image import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+DEFAULT_PREFILL_CHUNK = 512
 
 
 class EngineClosedError(RuntimeError):
@@ -272,6 +273,19 @@ class _Request:
 
 
 @dataclass
+class _Prefill:
+    """A request whose prompt is being run into a state, chunk by chunk across engine steps."""
+
+    request: _Request
+    chunks: collections.deque[tuple[int, int]]  # [start, end) spans of the prompt ids still to run
+    keys: dict[int, str]  # prefix length → cache key, for the checkpoints (and the end) of the prompt
+    remaining: int  # positions still to run
+    cached: int  # positions resumed from the cache
+    state: RWKVState | None = None
+    logits: Tensor | None = None
+
+
+@dataclass
 class _Row:
     request: _Request
     sampling: SamplingRow
@@ -298,13 +312,19 @@ class Engine:
 
     def __init__(self, model, *, model_id: str = "visualrwkv", max_batch_size: int = 32, max_waiting: int = 1024,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, max_prompt_tokens: int | None = None,
-                 max_new_tokens: int | None = None, row_multiple: int = 8):
+                 max_new_tokens: int | None = None, row_multiple: int = 8,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
         """`row_multiple`: decode batches are padded to a multiple of this many rows. CPU matmul kernels
         (MKL) compute each row bit-identically whenever the row count is a multiple of their block
         (4 here), so a seeded request samples the same tokens alone or batched. Set it to
-        `max_batch_size` for one fixed shape where kernels are picked per shape (GPUs)."""
+        `max_batch_size` for one fixed shape where kernels are picked per shape (GPUs).
+
+        `prefill_chunk`: prompts are run in chunks of at most this many positions (an image is never
+        cut: its chunk holds all its vectors), and one engine step runs prompt chunks only until
+        this many positions are spent, then decodes the running rows; so a huge prompt delays the
+        others' next token by about one chunk's work, not by its whole prefill."""
         for name, value in (("max_batch_size", max_batch_size), ("max_waiting", max_waiting),
-                            ("row_multiple", row_multiple)):
+                            ("row_multiple", row_multiple), ("prefill_chunk", prefill_chunk)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         for name, value in (("max_prompt_tokens", max_prompt_tokens), ("max_new_tokens", max_new_tokens)):
@@ -318,10 +338,12 @@ class Engine:
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.row_multiple = row_multiple
+        self.prefill_chunk = prefill_chunk
         self._sampler = Sampler(self.tokenizer.token_bytes)
         self._cache = PrefixStateCache(cache_bytes)
         self._cv = threading.Condition()
         self._waiting: collections.deque[_Request] = collections.deque()
+        self._prefilling: list[_Prefill] = []
         self._rows: list[_Row] = []
         self._state: RWKVState | None = None  # the batch: row i of the state and logits is self._rows[i]
         self._logits: Tensor | None = None
@@ -393,7 +415,7 @@ class Engine:
 
     def stats(self) -> EngineStats:
         with self._cv:
-            return EngineStats(len(self._rows), len(self._waiting), self._completed, self._steps, self._peak,
+            return EngineStats(len(self._rows), len(self._waiting) + len(self._prefilling), self._completed, self._steps, self._peak,
                                self._cache.stats())
 
     def clear_cache(self) -> None:
@@ -411,14 +433,16 @@ class Engine:
             with torch.no_grad():
                 while True:
                     with self._cv:
-                        self._cv.wait_for(lambda: self._waiting or self._rows or self._closing)
-                        if self._abort or (self._closing and not self._waiting and not self._rows):
+                        self._cv.wait_for(lambda: self._waiting or self._prefilling or self._rows or self._closing)
+                        if self._abort or (self._closing and not (self._waiting or self._prefilling or self._rows)):
                             break
                         admitted = []
-                        while self._waiting and len(self._rows) + len(admitted) < self.max_batch_size:
+                        busy = len(self._rows) + len(self._prefilling)
+                        while self._waiting and busy + len(admitted) < self.max_batch_size:
                             admitted.append(self._waiting.popleft())
                     for request in admitted:
                         self._admit(request)
+                    self._prefill_step()
                     if self._rows:
                         self._step()
         finally:
@@ -427,72 +451,150 @@ class Engine:
             self._fail_everything(EngineClosedError("the engine stopped before this request finished"))
 
     def _admit(self, request: _Request) -> None:
-        handle, params = request.handle, request.params
-        if handle.cancelled:
-            n = self.count_prompt_tokens(request.prompt)
-            handle._push(result=GenerationResult("", [], "cancelled", n, 0, 0))
-            return
+        """Resume the prompt from the longest cached checkpoint and plan the chunks of the rest."""
+        prompt = request.prompt
         try:
-            logits, state, cached = self._prefill(request.prompt)
+            digest = prompt.image.digest if prompt.image is not None else None
+            ids = prompt.ids
+            points = [c for c in prompt.checkpoints if 0 < c < len(ids)] + [len(ids)]
+            keys = dict(zip(points, make_prefix_keys(digest, ids, points, self.model_id)))
+            job = _Prefill(request, collections.deque(), keys, 0, 0)
+            for b in reversed(points):
+                entry = self._cache.get(keys[b])
+                if entry is not None:
+                    job.state, job.logits = entry.state, entry.logits
+                    job.cached = _positions(ids[:b], self.model.vit.num_tokens)
+                    job.chunks.extend(plan_chunks(ids, b, points, self.model.vit.num_tokens, self.prefill_chunk))
+                    break
+            else:
+                job.chunks.extend(plan_chunks(ids, 0, points, self.model.vit.num_tokens, self.prefill_chunk))
+            job.remaining = self.count_prompt_tokens(prompt) - job.cached
         except Exception as e:  # noqa: BLE001 - one bad request must not stop the others
-            handle._push(error=e)
+            request.handle._push(error=e)
             return
+        with self._cv:
+            self._prefilling.append(job)
+
+    def _prefill_step(self) -> None:
+        """Run prompt chunks, the least remaining work first, until `prefill_chunk` positions are spent."""
+        spent = 0
+        for job in sorted(self._prefilling, key=lambda j: j.remaining):
+            if spent >= self.prefill_chunk:
+                break
+            handle = job.request.handle
+            try:
+                if handle.cancelled:
+                    n = self.count_prompt_tokens(job.request.prompt)
+                    handle._push(result=GenerationResult("", [], "cancelled", n, 0, job.cached))
+                elif job.chunks:
+                    spent += self._run_chunk(job)
+                    if job.chunks:
+                        continue
+                    self._join(job)
+                else:  # the whole prompt came from the cache
+                    self._join(job)
+            except Exception as e:  # noqa: BLE001 - one bad request must not stop the others
+                handle._push(error=e)
+            with self._cv:
+                self._prefilling.remove(job)
+
+    def _run_chunk(self, job: _Prefill) -> int:
+        """Run the job's next chunk from its state; store the state where a checkpoint ends. Positions run."""
+        prompt = job.request.prompt
+        start, end = job.chunks.popleft()
+        segment = prompt.ids[start:end]
+        images = [prompt.image.image] if IMAGE_TOKEN_INDEX in segment else []
+        job.logits, job.state = self.model.prefill(segment, images, job.state)
+        if end in job.keys:
+            self._cache.put(job.keys[end], _PrefixEntry(job.state, job.logits))
+        n = _positions(segment, self.model.vit.num_tokens)
+        job.remaining -= n
+        return n
+
+    def _join(self, job: _Prefill) -> None:
+        """The prompt is in: the request joins the decode batch."""
+        request, params = job.request, job.request.params
         row = _Row(request, self._sampler.new_row(params), TextStream(self.tokenizer.token_bytes, params.stop),
-                   self.count_prompt_tokens(request.prompt), cached)
+                   self.count_prompt_tokens(request.prompt), job.cached)
         with self._cv:
             self._rows.append(row)
             self._peak = max(self._peak, len(self._rows))
-        self._state = state if self._state is None else RWKVState.cat([self._state, state])
-        self._logits = logits[None] if self._logits is None else torch.cat([self._logits, logits[None]])
-
-    def _prefill(self, prompt: ChatPrompt) -> tuple[Tensor, RWKVState, int]:
-        """Last logits [V] and state after the prompt, resuming from the longest cached checkpoint and
-        storing the state at every checkpoint passed; also the number of cached positions."""
-        digest = prompt.image.digest if prompt.image is not None else None
-        ids = prompt.ids
-        points = [c for c in prompt.checkpoints if 0 < c < len(ids)] + [len(ids)]
-        start, state, logits = 0, None, None
-        for b in reversed(points):
-            entry = self._cache.get(make_key(digest, ids[:b], self.model_id))
-            if entry is not None:
-                start, state, logits = b, entry.state, entry.logits
-                break
-        cached = _positions(ids[:start], self.model.vit.num_tokens)
-        for b in points:
-            if b <= start:
-                continue
-            segment = ids[start:b]
-            images = [prompt.image.image] if IMAGE_TOKEN_INDEX in segment else []
-            logits, state = self.model.prefill(segment, images, state)
-            self._cache.put(make_key(digest, ids[:b], self.model_id), _PrefixEntry(state, logits))
-            start = b
-        return logits, state, cached
+        self._state = job.state if self._state is None else RWKVState.cat([self._state, job.state])
+        logits = job.logits[None]
+        self._logits = logits if self._logits is None else torch.cat([self._logits, logits])
 
     def _step(self) -> None:
+        """Sample a token for every row, finish the rows that are done, decode the rest one step.
+
+        A failure that belongs to one row (its sampling, its text, its decode) fails that request
+        alone; the other rows go on."""
         rows = self._rows
         try:
-            tokens = self._sampler.sample(self._logits, [r.sampling for r in rows])
+            tokens = self._sample(rows)
             keep = []
             for i, (row, token) in enumerate(zip(rows, tokens)):
-                reason = self._advance(row, token)
-                if reason is None:
-                    keep.append(i)
-                else:
-                    self._finish(row, reason, i)
+                try:
+                    if isinstance(token, Exception):
+                        raise token
+                    reason = self._advance(row, token)
+                    if reason is None:
+                        keep.append(i)
+                    else:
+                        self._finish(row, reason, i)
+                except Exception as e:  # noqa: BLE001 - this row's failure, not the batch's
+                    row.request.handle._push(error=e)
             if keep:
                 state = self._state if len(keep) == len(rows) else self._state.select(keep)
-                self._logits, self._state = self._decode([tokens[i] for i in keep], state)
+                keep, self._logits, self._state = self._decode_rows(keep, [tokens[i] for i in keep], state,
+                                                                   [rows[i] for i in keep])
             else:
                 self._state = self._logits = None
             with self._cv:
                 self._rows = [rows[i] for i in keep]
                 self._steps += 1
-        except Exception as e:  # noqa: BLE001 - fail the batch, keep serving new requests
+        except Exception as e:  # noqa: BLE001 - a failure of the batch itself: fail it, keep serving
             for row in rows:
                 row.request.handle._push(error=e)
             with self._cv:
                 self._rows = []
             self._state = self._logits = None
+
+    def _sample(self, rows: list[_Row]) -> list[int | Exception]:
+        """The next token of every row; where sampling the batch fails, each row is sampled alone and
+        a row that fails alone gets its error in place of a token. (A failed `sample` call has not
+        drawn from any generator, so the retried rows draw what they would have drawn.)"""
+        try:
+            return self._sampler.sample(self._logits, [r.sampling for r in rows])
+        except Exception:  # noqa: BLE001
+            out: list[int | Exception] = []
+            for i, row in enumerate(rows):
+                try:
+                    out += self._sampler.sample(self._logits[i:i + 1], [row.sampling])
+                except Exception as e:  # noqa: BLE001
+                    out.append(e)
+            return out
+
+    def _decode_rows(self, keep: list[int], tokens: list[int], state: RWKVState, rows: list[_Row]):
+        """`_decode` of the batch; if that fails, of each row alone, failing only the rows that fail
+        alone (a row computes the same bits alone as batched, see row_multiple). Returns the rows
+        still decoding (indices into the step's rows), their logits and state."""
+        try:
+            return (keep, *self._decode(tokens, state))
+        except Exception:  # noqa: BLE001
+            pass
+        kept, logits, states = [], [], []
+        for j, (index, token, row) in enumerate(zip(keep, tokens, rows)):
+            try:
+                row_logits, row_state = self._decode([token], state.select([j]))
+            except Exception as e:  # noqa: BLE001
+                row.request.handle._push(error=e)
+                continue
+            kept.append(index)
+            logits.append(row_logits)
+            states.append(row_state)
+        if not kept:
+            return [], None, None
+        return kept, torch.cat(logits), RWKVState.cat(states)
 
     def _decode(self, tokens: list[int], state: RWKVState) -> tuple[Tensor, RWKVState]:
         """One recurrent step for every row, on a batch padded with copies of row 0 (see row_multiple)."""
@@ -554,8 +656,10 @@ class Engine:
 
     def _fail_everything(self, error: BaseException) -> None:
         with self._cv:
-            pending = [r.handle for r in self._waiting] + [row.request.handle for row in self._rows]
+            pending = [r.handle for r in self._waiting] + [job.request.handle for job in self._prefilling] + \
+                [row.request.handle for row in self._rows]
             self._waiting.clear()
+            self._prefilling = []
             self._rows = []
         self._state = self._logits = None
         for handle in pending:
@@ -565,3 +669,30 @@ class Engine:
 def _positions(ids: Sequence[int], image_tokens: int) -> int:
     n_images = sum(1 for t in ids if t == IMAGE_TOKEN_INDEX)
     return len(ids) - n_images + n_images * image_tokens
+
+
+def plan_chunks(ids: Sequence[int], start: int, checkpoints: Sequence[int], image_tokens: int,
+                limit: int) -> list[tuple[int, int]]:
+    """[a, b) spans that cover ids[start:], each of at most `limit` positions (text tokens plus image
+    vectors), never cutting the image. A span ends right after the image (that state serves any
+    question about the image), else at the furthest checkpoint within reach, so that the state
+    there can be cached, else wherever the limit falls. (Ending at every checkpoint would cost a
+    model call per turn of a long conversation.) The spans depend only on the prompt and `start`,
+    so a request computes the same state whatever else the engine is doing."""
+    spans, a, n = [], start, len(ids)
+    stops = sorted(c for c in checkpoints if start < c <= n)
+    while a < n:
+        b, size = a, 0
+        while b < n:  # grow the span token by token while it fits
+            width = image_tokens if ids[b] == IMAGE_TOKEN_INDEX else 1
+            if size + width > limit and b > a:
+                break
+            b, size = b + 1, size + width
+            if ids[b - 1] == IMAGE_TOKEN_INDEX and b in stops:
+                break
+        reachable = [c for c in stops if a < c <= b]
+        if b < n and reachable:
+            b = reachable[-1]
+        spans.append((a, b))
+        a = b
+    return spans

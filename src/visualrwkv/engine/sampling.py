@@ -2,7 +2,9 @@
 
 Per step and per sequence: repetition penalties → softmax in fp32 → top-p cutoff (ties kept) →
 top-k → temperature as probs^(1/T) after truncation → draw. Temperature 0 is greedy: the argmax
-(the lowest id among exact ties, where the official code would draw among the tied tokens).
+(the lowest id among exact ties, where the official code would draw among the tied tokens). So is
+any temperature below `GREEDY_BELOW` (1e-5, vLLM's rule too): such a T is 0 in float32 or divides
+log-probabilities into infinities, and the distribution it stands for is the argmax anyway.
 
 Batching never changes a sequence's tokens: every row is computed independently and draws its
 random number from its own `torch.Generator`, so a seeded request gives the same tokens whether it
@@ -24,12 +26,26 @@ from visualrwkv.rwkv.tokenizer import DOUBLE_NEWLINE, END_OF_TEXT, VOCAB_SIZE
 ZERO_WEIGHT_TOKEN_TEXTS = frozenset([b" ", b"\t", *(str(d).encode() for d in range(10))])
 
 MAX_TEMPERATURE = 10.0
+GREEDY_BELOW = 1e-5  # temperatures under this act as 0 (greedy)
 MAX_ABS_PENALTY = 2.0  # the OpenAI API range, which the HTTP server exposes these through
 MAX_SEED = 2**63 - 1
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _show(value, limit: int = 60) -> str:
+    """repr for an error message, cut short: a request may send megabytes or a 4000-digit integer."""
+    if isinstance(value, int) and abs(value) > 10**limit:  # str() refuses ints of over 4300 digits
+        return f"an integer of about {int(abs(value).bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _is_finite(value) -> bool:
+    """math.isfinite, also for integers too large for a float (which it would raise on)."""
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def _is_int(value) -> bool:
@@ -54,8 +70,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         def check_range(name: str, low: float, high: float) -> None:
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or not low <= value <= high:
-                raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+            if not _is_number(value) or not _is_finite(value) or not low <= value <= high:
+                raise ValueError(f"{name} must be a number in [{low}, {high}], got {_show(value)}")
 
         check_range("temperature", 0.0, MAX_TEMPERATURE)
         check_range("top_p", 0.0, 1.0)
@@ -63,18 +79,18 @@ class SamplingParams:
         check_range("frequency_penalty", -MAX_ABS_PENALTY, MAX_ABS_PENALTY)
         check_range("penalty_decay", 0.0, 1.0)
         if not _is_int(self.top_k) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {_show(self.top_k)}")
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+            raise ValueError(f"max_tokens must be an integer >= 1, got {_show(self.max_tokens)}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
-            raise ValueError(f"seed must be None or an integer in [0, 2**63 - 1], got {self.seed!r}")
+            raise ValueError(f"seed must be None or an integer in [0, 2**63 - 1], got {_show(self.seed)}")
 
         # a lone string is what HTTP clients often send for a single stop string
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         if stop is None:
             stop = []
         if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
-            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+            raise ValueError(f"stop must be a list of non-empty strings, got {_show(self.stop)}")
         self.stop = list(stop)
 
         ids = [] if self.stop_token_ids is None else self.stop_token_ids
@@ -82,13 +98,13 @@ class SamplingParams:
             _is_int(i) and 0 <= i < VOCAB_SIZE for i in ids
         ):
             raise ValueError(
-                f"stop_token_ids must be a list of token ids in [0, {VOCAB_SIZE}), got {self.stop_token_ids!r}"
+                f"stop_token_ids must be a list of token ids in [0, {VOCAB_SIZE}), got {_show(self.stop_token_ids)}"
             )
         self.stop_token_ids = list(ids)
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 @dataclass
@@ -240,6 +256,13 @@ def _check_logits(logits: torch.Tensor, batch: int) -> None:
         raise ValueError("logits contain NaN")
 
 
+def _check_weights(weights: torch.Tensor, rows: Sequence[int]) -> None:
+    total = weights.sum(dim=-1)
+    bad = torch.nonzero(~(torch.isfinite(total) & (total > 0))).flatten().tolist()
+    if bad:
+        raise ValueError(f"row {rows[bad[0]]}: no next token has a finite positive weight (infinite logits?)")
+
+
 class Sampler:
     """Picks next tokens for a batch of sequences and keeps their occurrence counts."""
 
@@ -274,6 +297,7 @@ class Sampler:
         if sampled:
             idx = torch.tensor(sampled, device=penalised.device)
             weights = _sampling_weights(penalised[idx], [rows[b].params for b in sampled])
+            _check_weights(weights, sampled)  # before any draw: a failed call changes no row's generator
             cdf = torch.cumsum(weights, dim=-1)
             uniforms = torch.cat([torch.rand(1, generator=rows[b].generator) for b in sampled])
             target = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]

@@ -9,6 +9,7 @@ the model, so the event loop stays free to serve many concurrent connections.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visualrwkv.engine.engine import Engine, EngineBusyError, EngineClosedError, GenerationResult
 from visualrwkv.serve.errors import APIError, error_body
+from visualrwkv.serve.json_body import decode_json_body
 from visualrwkv.serve.requests import ChatRequest, Limits, parse_chat_request
 
 
@@ -113,7 +115,7 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
             return StreamingResponse(_sse(handle, chat, completion_id, settings.model_name),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            result = await handle.aresult()
+            result = await _result_unless_disconnected(request, handle)
         except EngineClosedError as e:
             raise APIError(503, str(e)) from None
         return {"id": completion_id, "object": "chat.completion", "created": int(time.time()),
@@ -136,13 +138,27 @@ async def _read_json(request: Request, max_bytes: int):
         if size > max_bytes:
             raise APIError(413, f"the request body is above the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw:
-        raise APIError(400, "the request body is empty; send a JSON object")
+    return decode_json_body(b"".join(chunks))
+
+
+async def _result_unless_disconnected(request: Request, handle) -> GenerationResult:
+    """The request's result; a client that goes away first cancels it, which frees its batch row at
+    the next engine step (nobody reads the response then)."""
+    result = asyncio.ensure_future(handle.aresult())
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the request body is not valid JSON: {e}") from None
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not result.done():
+            handle.cancel()
+    return await result
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has closed the connection (the body has been read: nothing else comes)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _usage(result: GenerationResult) -> dict:

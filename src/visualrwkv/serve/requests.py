@@ -164,7 +164,7 @@ def _sampling(body: dict) -> SamplingParams:
     stop = body.get("stop")
     if stop is not None:
         stop = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS:
+        if not isinstance(stop, list) or len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) for s in stop):
             raise APIError(400, f"'stop' must be a string or a list of at most {MAX_STOP_STRINGS} strings", "stop")
         # the turn terminator always ends an answer, whatever the client adds
         fields_["stop"] = list(dict.fromkeys(stop + defaults.stop))
