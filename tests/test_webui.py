@@ -127,3 +127,16 @@ def test_upload_ask_follow_up_and_clear(tiny_vlm, page, tmp_path):
     ask(page, "What color is it?")
     expect(page.locator('#chatbot [data-testid="user"]')).to_have_text(["What color is it?"])
     expect(bot.nth(0)).to_have_text(expected_answer(tiny_vlm, green_path.read_bytes(), "What color is it?"))
+
+
+def test_a_bad_upload_is_a_readable_message(page, tmp_path):
+    """A file that is no image (or a broken one) gets a message naming the file and what is wrong,
+    not a bare "Error"; the image box is emptied and the chat goes on."""
+    bad = tmp_path / "holiday.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"this is not really a PNG" * 20)
+    page.set_input_files("#image input[type=file]", str(bad))
+    toast = page.locator(".toast-body")
+    sync_api.expect(toast.first).to_contain_text("holiday.png", timeout=TIMEOUT_MS)
+    sync_api.expect(toast.first).to_contain_text("cannot identify image")
+    ask(page, "Is anyone there?")
+    sync_api.expect(page.locator('#chatbot [data-testid="bot"]').last).not_to_have_text("", timeout=TIMEOUT_MS)

@@ -60,9 +60,10 @@ class ImageInput:
     digest: bytes
 
     @classmethod
-    def from_bytes(cls, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "ImageInput":
+    def from_bytes(cls, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                   name: str | None = None) -> "ImageInput":
         # load_image refuses bombs from the header and raises ImageError (a ValueError) on bad data
-        return cls(load_image(bytes(data), max_pixels=max_pixels), hashlib.sha256(data).digest())
+        return cls(load_image(bytes(data), max_pixels=max_pixels, name=name), hashlib.sha256(data).digest())
 
     @classmethod
     def from_path(cls, path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "ImageInput":
@@ -74,7 +75,7 @@ class ImageInput:
                 data = f.read()
         except OSError as e:
             raise ImageError(f"cannot read image {path!r}: {e}") from e
-        return cls.from_bytes(data, max_pixels)
+        return cls.from_bytes(data, max_pixels, name=repr(path))  # errors name the file, not "<N bytes>"
 
 
 @dataclass

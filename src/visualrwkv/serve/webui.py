@@ -16,6 +16,7 @@ import gradio as gr  # noqa: E402
 
 from visualrwkv.engine.engine import Engine, ImageInput  # noqa: E402
 from visualrwkv.engine.sampling import SamplingParams  # noqa: E402
+from visualrwkv.vision.image import ImageError, load_image  # noqa: E402
 
 # system fonts only: the default theme would fetch web fonts, which offline machines cannot
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
@@ -88,6 +89,21 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
                 messages[-1] = {"role": "assistant", "content": EMPTY_ANSWER}
             yield messages, state, ""
 
+        def check_upload(upload):
+            """Read the new image at once (the raw upload: gradio would open it with PIL and fail with a
+            bare "Error"); a file that is no usable image is named in a message and taken away."""
+            if not upload:
+                return gr.skip()
+            path = upload["path"] if isinstance(upload, dict) else upload.path
+            shown = (upload.get("orig_name") if isinstance(upload, dict) else upload.orig_name) or path
+            try:
+                load_image(path, name=repr(os.path.basename(shown)))
+            except ImageError as e:
+                gr.Warning(str(e))
+                return None
+            return gr.skip()
+
+        image.upload(check_upload, image, image, preprocess=False)
         inputs = [question, image, conversation, chatbot, temperature, top_p, top_k, presence, frequency,
                   max_tokens, seed]
         outputs = [chatbot, conversation, question]

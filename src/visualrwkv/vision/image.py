@@ -33,6 +33,7 @@ def load_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+    name: str | None = None,
 ) -> Image.Image:
     """Open `source` (path, bytes, binary file object or PIL image) and return an RGB image.
 
@@ -42,10 +43,12 @@ def load_image(
     - Images with more than `max_pixels` pixels are refused from the header alone, before decoding.
     - Truncated or corrupt files always raise: a partially decoded image would be a silently wrong
       input. (This relies on PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` being left at its default False.)
+    - `name`: how errors call the image (default: the path, or e.g. "<1234 bytes>"), for bytes
+      that came from a file the user knows by name.
     """
     if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels <= 0):
         raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
-    name = describe_source(source)
+    name = describe_source(source) if name is None else name
 
     if isinstance(source, Image.Image):
         _check_size(source.size, max_pixels, name)
