@@ -30,6 +30,8 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None, help="fixes the random draws (default: random)")
     p.add_argument("--stop", action="append", default=None, metavar="TEXT",
                    help='a stop string, repeatable (default: "\\n\\n")')
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse images of more pixels, from their header (default 64 Mi: a decompression-bomb guard)")
 
 
 def sampling_params_from_args(args):
@@ -72,12 +74,19 @@ def _stream(handle, out) -> str:
     return handle.result().text
 
 
-def run_ask(args) -> int:
+def _read_image(path: str, args):
     from visualrwkv.engine.engine import ImageInput
+    from visualrwkv.vision.image import DEFAULT_MAX_PIXELS
 
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
+    return ImageInput.from_path(path, args.max_pixels or DEFAULT_MAX_PIXELS)
+
+
+def run_ask(args) -> int:
     if not args.question.strip():
         raise ValueError("the question is empty")
-    image = ImageInput.from_path(args.image) if args.image else None
+    image = _read_image(args.image, args) if args.image else None
     engine, params = _open_engine(args)
     with engine:
         _stream(engine.ask(args.question, image, params=params), sys.stdout)
@@ -85,9 +94,7 @@ def run_ask(args) -> int:
 
 
 def run_chat(args) -> int:
-    from visualrwkv.engine.engine import ImageInput
-
-    image = ImageInput.from_path(args.image) if args.image else None
+    image = _read_image(args.image, args) if args.image else None
     engine, params = _open_engine(args)
     interactive = sys.stdin.isatty()
     history: list[tuple[str, str]] = []
@@ -97,7 +104,7 @@ def run_chat(args) -> int:
         while True:
             if interactive:
                 print(">>> ", end="", flush=True)
-            line = sys.stdin.readline()
+            line = sys.stdin.readline()  # Ctrl-C here ends the chat (one line, from the CLI)
             if not line:  # end of input
                 break
             line = line.strip()
@@ -112,7 +119,7 @@ def run_chat(args) -> int:
                     print("[new conversation]", flush=True)
                 elif command == "/image":
                     try:
-                        image = ImageInput.from_path(argument.strip()) if argument.strip() else None
+                        image = _read_image(argument.strip(), args) if argument.strip() else None
                     except ValueError as e:
                         print(f"error: {e}", file=sys.stderr, flush=True)
                         continue
@@ -123,10 +130,17 @@ def run_chat(args) -> int:
                 else:
                     print(f"error: unknown command {command!r}; {CHAT_HELP}", file=sys.stderr, flush=True)
                 continue
+            handle = None
             try:
-                answer = _stream(engine.ask(line, image, history, params), sys.stdout)
+                handle = engine.ask(line, image, history, params)
+                answer = _stream(handle, sys.stdout)
             except ValueError as e:  # e.g. the conversation grew past a limit
                 print(f"error: {e}", file=sys.stderr, flush=True)
+                continue
+            except KeyboardInterrupt:  # Ctrl-C while answering stops this answer, not the chat
+                if handle is not None:
+                    handle.cancel()
+                print("\n[answer stopped; the conversation goes on without it]", file=sys.stderr, flush=True)
                 continue
             if answer:  # an empty answer cannot be part of a rendered history
                 history.append((line, answer))

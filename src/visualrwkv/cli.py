@@ -43,10 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError) as e:
-        # boundary errors carry a message meant for the user; no traceback for those
-        print(f"visualrwkv {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:
+        # boundary errors (bad input, a missing file, a full disk) carry a message meant for the user:
+        # one line, no traceback
+        text = e.strerror if isinstance(e, OSError) and e.strerror and not e.filename else str(e)
+        message = " ".join(text.split()) or type(e).__name__
+        print(f"visualrwkv {args.command}: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nvisualrwkv {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ def run(args) -> int:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("convert", help="convert an official VisualRWKV checkpoint to the visualrwkv format")
-    p.add_argument("src", help="VisualRWKV-v060-*.pth, or {name}_rwkv.pth with {name}_visual.pth beside it")
+    p.add_argument("src", help="VisualRWKV-v060-*.pth, {name}_rwkv.pth with {name}_visual.pth beside it, "
+                                "or a training step folder (step-N: its trained parameters on the run's init)")
     p.add_argument("out", help="output directory (config.json + model.safetensors)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="store weights in this dtype (default: as loaded, float32)")
     p.set_defaults(func=run)

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .constants import END_OF_TEXT, IGNORE_INDEX, IMAGE_TOKEN_INDEX, STOP_TOKEN_INDEX
-from .rwkv.checkpoint import CheckpointError, config_from_state_dict, read_state_dict, strip_prefix
+from .rwkv.checkpoint import CheckpointError, config_from_state_dict, read_state_dict, read_tensor_shapes, strip_prefix
 from .rwkv.model import RWKV, RWKVConfig, RWKVState
 from .rwkv.tokenizer import Tokenizer
 from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, scan_permutation
@@ -278,14 +278,23 @@ class VisualRWKV(nn.Module):
         if path.is_dir():
             config_path = path / CONFIG_NAME
             if not config_path.is_file():
+                from .train.checkpoint import is_step_checkpoint, load_step_model
+
+                if is_step_checkpoint(path):  # a training run's step-N folder
+                    return load_step_model(path).to(device=device, dtype=dtype)
                 raise FileNotFoundError(f"{path} has no {CONFIG_NAME}: not a visualrwkv model directory")
+            weights = path / WEIGHTS_NAME
+            shapes = read_tensor_shapes(weights)  # the header alone
             try:
                 config = VisualRWKVConfig.from_dict(json.loads(config_path.read_text()))
-            except (json.JSONDecodeError, TypeError) as e:
-                raise ValueError(f"{config_path}: invalid config ({e})") from e
-            sd = read_state_dict(path / WEIGHTS_NAME)
+                with torch.device("meta"):
+                    skeleton = cls(config)
+            except (ValueError, TypeError, AttributeError, RecursionError) as e:
+                raise ValueError(f"{config_path}: invalid config: {e}") from None
+            # the config's sizes checked against the file's before any memory is allocated
+            _load_strict(skeleton, shapes, f"{weights} (with {CONFIG_NAME})")
             model = cls(config)
-            _load_strict(model, sd, str(path / WEIGHTS_NAME))
+            _load_strict(model, read_state_dict(weights), str(weights))
         else:
             model = import_official(path)
         return model.to(device=device, dtype=dtype).eval()

@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 
-def _umask_mode() -> int:
-    """The mode a plain `open(path, "w")` would give (mkstemp's temporaries are 0600)."""
+def why_missing(path: str | os.PathLike) -> str:
+    """Why `path` cannot be opened as a file, for an error message: "does not exist", "is a symlink loop", ..."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if os.path.islink(path):
+            return f"is a broken symlink (to {os.readlink(path)!r})"
+        if e.errno == errno.ENOENT:
+            return "does not exist"
+        return f"cannot be read ({e.strerror})"
+    return "is a folder" if os.path.isdir(path) else "exists"
+
+
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _umask_mode() -> int:
+    """The mode a plain `open(path, "w")` would give (mkstemp's temporaries are 0600)."""
+    return 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -32,10 +52,29 @@ def _replacing(path: str | os.PathLike) -> Iterator[str]:
             os.fsync(f.fileno())
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        full = disk_full_error(e, path)
+        if full is not None:
+            raise full from e
         raise
+
+
+def disk_full_error(error: BaseException, path: str | os.PathLike) -> OSError | None:
+    """OSError "no space left on device while writing PATH" when `error` comes from a full disk, else None.
+
+    Writers report it in their own ways: open().write raises OSError(ENOSPC), safetensors a
+    SafetensorError quoting the OS error, torch.save a RuntimeError whose context is the OSError."""
+    seen = error
+    for _ in range(16):  # the chain of causes (bounded: a chain may loop)
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT) or any(
+                text in str(seen) for text in ("No space left on device", "Disk quota exceeded")):
+            return OSError(errno.ENOSPC, f"no space left on device while writing {path}")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @contextlib.contextmanager

@@ -425,8 +425,8 @@ class Engine:
     def __enter__(self) -> "Engine":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(drain=exc_type is None)  # leaving on an error (Ctrl-C included): nobody waits for answers
 
     # ---- the loop (engine thread only) ----------------------------------------------------
     def _run(self) -> None:

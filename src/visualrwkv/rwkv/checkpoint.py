@@ -4,16 +4,17 @@ and safetensors; the config is inferred from tensor shapes (SPEC §4.1); saving 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..utils import atomic_save_file
+from ..utils import atomic_save_file, why_missing
 from .model import RWKV, RWKVConfig
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -29,9 +30,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.exists() and path.with_suffix(".pth").exists():
         path = path.with_suffix(".pth")  # the rwkv package's convention: a path without ".pth"
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path} ({why_missing(path)})")
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
+        with _open_safetensors(path) as f:
             return {k: f.get_tensor(k) for k in f.keys()}
     try:
         try:
@@ -50,12 +51,32 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return sd
 
 
+def read_tensor_shapes(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a `.safetensors` file as meta tensors of their shapes, from its header alone:
+    a config can be checked against the weights before any memory is allocated."""
+    with _open_safetensors(Path(path)) as f:
+        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if path.suffix != ".safetensors":
         return {}
-    with safe_open(str(path), framework="pt") as f:
+    with _open_safetensors(path) as f:
         return f.metadata() or {}
+
+
+@contextlib.contextmanager
+def _open_safetensors(path: Path):
+    """safe_open, whose errors (a truncated or corrupt file) become one CheckpointError naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} ({why_missing(path)})")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            yield f
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
+                              f"{str(e).splitlines()[0]}") from None
 
 
 def strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

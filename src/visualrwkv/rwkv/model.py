@@ -24,6 +24,8 @@ from ..ops.wkv6 import wkv6
 from .compiled_step import CompiledStep
 
 HEAD_SIZE_DIVISOR = 8  # ln_x eps = 1e-5 * divisor² (SPEC §2.2 step 6)
+MAX_CONFIG_SIZE = 2**20  # any RWKVConfig size (the largest real one: vocab 65536, C 7168)
+MAX_LAYERS = 1024  # the largest real RWKV has 61; building a model is linear in layers
 
 
 @dataclass
@@ -37,8 +39,15 @@ class RWKVConfig:
     decay_rank: int = 0  # 0: 64, or 128 when C >= 4096
 
     def __post_init__(self):
-        if self.n_embd <= 0 or self.n_layer <= 0 or self.vocab_size <= 0:
+        # a config.json is user input: wrong types and absurd sizes are refused before anything is built
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value) is not int or not 0 <= value <= MAX_CONFIG_SIZE:
+                raise ValueError(f"RWKVConfig.{f.name} must be an integer in [0, {MAX_CONFIG_SIZE}], got {value!r}")
+        if self.n_embd <= 0 or self.n_layer <= 0 or self.vocab_size <= 0 or self.head_size <= 0:
             raise ValueError(f"RWKVConfig needs positive sizes, got {self}")
+        if self.n_layer > MAX_LAYERS:
+            raise ValueError(f"RWKVConfig.n_layer {self.n_layer} is above {MAX_LAYERS}: not a real model")
         if self.n_embd % self.head_size:
             raise ValueError(f"n_embd {self.n_embd} is not a multiple of head_size {self.head_size}")
         big = self.n_embd >= 4096

@@ -16,6 +16,8 @@ def run(args) -> int:
     from .vision_pretrain import pretrain_tiny_vision
 
     stages = resolve(args.config, parse_overrides(args.overrides), runs_dir=args.runs_dir)
+    for cfg in stages:  # every stage's data checked before the first one spends an hour
+        check_data(cfg)
     previous = None
     for i, cfg in enumerate(stages):
         if len(stages) > 1:
@@ -29,6 +31,18 @@ def run(args) -> int:
             previous = Trainer(cfg).train()
     print(f"model written to {previous}")
     return 0
+
+
+def check_data(cfg) -> None:
+    """One clear error for a stage whose training data is not given or not there (generated data aside)."""
+    from ..utils import why_missing
+
+    if cfg.prepare == "shapes":
+        return
+    if not cfg.data:
+        raise ValueError("no training data: pass --data FILE (LLaVA-format conversations, .json or .jsonl)")
+    if not os.path.isfile(cfg.data):
+        raise ValueError(f"--data {cfg.data} {why_missing(cfg.data)}; expected a LLaVA-format .json or .jsonl file")
 
 
 def add_parser(subparsers) -> None:

@@ -25,7 +25,7 @@ from ..constants import IGNORE_INDEX
 from ..model import VisualRWKV, VisualRWKVConfig
 from ..rwkv.checkpoint import load_rwkv
 from ..utils import atomic_write
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, remove_temporaries, save_checkpoint, truncate_metrics
 from .config import TrainConfig
 
 
@@ -233,8 +233,13 @@ class Trainer:
         return trained, optim_sd
 
     def _resume(self) -> None:
+        if self.dist.is_main:
+            for stale in remove_temporaries(self.out_dir) + remove_temporaries(self.out_dir / "final"):
+                self.log(f"removed {stale}, left by an interrupted write")
         found = latest_checkpoint(self.out_dir)
         if found is None:
+            if self.dist.is_main:
+                truncate_metrics(self.metrics_path, 0)  # a run that starts over logs from step 1 again
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -250,6 +255,8 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.consumed, self.samples_seen = state["consumed"], state["samples_seen"]
         torch.set_rng_state(state["torch_rng"])
+        if self.dist.is_main:
+            truncate_metrics(self.metrics_path, self.step)  # the steps after it are trained (and logged) again
         self.log(f"resumed from {found} (step {self.step}, epoch {self.epoch}, {self.consumed} samples into it)")
 
     def _save(self) -> None:

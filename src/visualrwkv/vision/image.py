@@ -13,6 +13,8 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from ..utils import why_missing
+
 # 64 Mpx is far above any resolution the encoders use (at most 1024², i.e. 1 Mpx) while still
 # catching decompression bombs before PIL allocates gigabytes for them.
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
@@ -63,7 +65,7 @@ def load_image(
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.exists(path):
-            raise ImageError(f"image file {name} does not exist")
+            raise ImageError(f"image file {name} {why_missing(path)}")
         if not os.path.isfile(path):
             raise ImageError(f"image path {name} is not a regular file")
         try:
@@ -128,7 +130,7 @@ def _check_size(size: tuple[int, int], max_pixels: int | None, name: str) -> Non
     if max_pixels is not None and width * height > max_pixels:
         raise ImageError(
             f"image {name} is {width}x{height} = {width * height} pixels, above max_pixels={max_pixels} "
-            "(possible decompression bomb; raise max_pixels to accept it)"
+            "(a possible decompression bomb; raise the limit to accept it: --max-pixels N, or max_pixels= in Python)"
         )
 
 

@@ -25,6 +25,8 @@ from .preprocess import SIGLIP_MEAN, SIGLIP_STD, resize_preprocessor
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "visualrwkv_tiny_vision"
+MAX_SIZE = 2**16  # config.json is user input: absurd sizes are refused before anything is built
+MAX_LAYERS = 1024
 
 
 @dataclass
@@ -39,18 +41,19 @@ class TinyEncoderConfig:
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "hidden_size", "num_heads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"TinyEncoderConfig.{name} must be a positive int, got {value!r}")
+            if type(value) is not int or not 0 < value <= MAX_SIZE:
+                raise ValueError(f"TinyEncoderConfig.{name} must be an int in [1, {MAX_SIZE}], got {value!r}")
         if self.patch_size & (self.patch_size - 1) or self.patch_size < 2:
             raise ValueError(f"TinyEncoderConfig.patch_size must be a power of two >= 2, got {self.patch_size}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        if not isinstance(self.num_layers, int) or self.num_layers < 0:
-            raise ValueError(f"TinyEncoderConfig.num_layers must be an int >= 0, got {self.num_layers!r}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"TinyEncoderConfig.mlp_ratio must be positive, got {self.mlp_ratio}")
+        if type(self.num_layers) is not int or not 0 <= self.num_layers <= MAX_LAYERS:
+            raise ValueError(f"TinyEncoderConfig.num_layers must be an int in [0, {MAX_LAYERS}], "
+                             f"got {self.num_layers!r}")
+        if not isinstance(self.mlp_ratio, (int, float)) or not 0 < self.mlp_ratio <= MAX_LAYERS:
+            raise ValueError(f"TinyEncoderConfig.mlp_ratio must be a number in (0, {MAX_LAYERS}], got {self.mlp_ratio!r}")
 
     @property
     def grid_side(self) -> int:
