@@ -133,8 +133,10 @@ def test_image_errors_name_the_file_and_max_pixels_is_an_option(tmp_path):
 
 
 def test_ctrl_c_at_the_chat_prompt(tiny_vlm_dir):
+    # a background job may have SIGINT ignored, which the child would inherit: give it the default
     proc = subprocess.Popen([sys.executable, "-m", "visualrwkv.cli", "chat", "--model", str(tiny_vlm_dir)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.stdin.write("/help\n")
         proc.stdin.flush()

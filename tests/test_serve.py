@@ -291,7 +291,8 @@ def test_serve_command_starts_answers_and_stops_on_ctrl_c(tiny_vlm_dir):
     env = {**os.environ, "VISUALRWKV_API_KEY": KEY}
     process = subprocess.Popen([sys.executable, "-m", "visualrwkv.cli", "serve", "--model", str(tiny_vlm_dir),
                                 "--port", str(port), "--max-new-tokens", "32"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not inherited ignored
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

@@ -51,7 +51,8 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, trainable: dict[str, 
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 is no mode for a result folder
+            os.chmod(f, 0o666 & ~current_umask())  # safetensors writes 0600
+        os.chmod(tmp, 0o777 & ~current_umask())  # and mkdtemp makes 0700: no modes for a result folder
         if final.exists():  # the same step saved again (e.g. final == periodic): replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
