@@ -19,7 +19,7 @@ LETTERS = ("A", "B", "C", "D")
 LAYOUT = f"{ANNOTATIONS} (questions with data_type 'image' are used), {IMAGES}/<data_id>[.jpg]"
 SCORERS = {
     "llava": "LLaVA convert_seed_for_submission.py: the answer text must equal the letter exactly",
-    "rule": "rule-based option extraction (letter, then unique option text), as for MMBench",
+    "rule": "VLMEvalKit can_infer option extraction (commit e8e78f0), as for MMBench",
 }
 
 
