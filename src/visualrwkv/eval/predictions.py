@@ -44,20 +44,19 @@ def read_predictions(path: str | Path) -> list[Prediction]:
 Resolver = Callable[[Prediction], "ItemKey | None"]
 
 
-def match_predictions(
+def match_lines(
     items: Sequence[EvalItem],
     predictions: Sequence[Prediction],
     path: str | Path,
     benchmark: str,
     resolve: Resolver | None = None,
-) -> dict[ItemKey, str]:
-    """Map item keys to predicted texts; a prediction that names no item is an error.
+) -> dict[ItemKey, Prediction]:
+    """Map item keys to their prediction lines; a prediction that names no item is an error.
 
     `resolve` lets a task recognise predictions keyed another way (TextVQA: LLaVA's image id + prompt).
     """
     known = {item.key for item in items}
-    answers: dict[ItemKey, str] = {}
-    lines: dict[ItemKey, int] = {}
+    matched: dict[ItemKey, Prediction] = {}
     for pred in predictions:
         # ids are checked for repeats only after resolving, since LLaVA's TextVQA ids repeat by design
         key = pred.key if pred.key in known else (resolve(pred) if resolve else None)
@@ -65,12 +64,24 @@ def match_predictions(
             raise data_error(
                 path, pred.line, f"question_id {pred.question_id!r} round {pred.round_id} is not a {benchmark} question"
             )
-        if key in answers:
+        if key in matched:
             raise data_error(
-                path, pred.line, f"question_id {pred.question_id!r} round {pred.round_id} repeats line {lines[key]}"
-            )
-        answers[key], lines[key] = pred.text, pred.line
-    return answers
+                path, pred.line,
+                f"question_id {pred.question_id!r} round {pred.round_id} repeats line {matched[key].line}",
+            )  # fmt: skip
+        matched[key] = pred
+    return matched
+
+
+def match_predictions(
+    items: Sequence[EvalItem],
+    predictions: Sequence[Prediction],
+    path: str | Path,
+    benchmark: str,
+    resolve: Resolver | None = None,
+) -> dict[ItemKey, str]:
+    """Map item keys to predicted texts (see `match_lines`)."""
+    return {key: pred.text for key, pred in match_lines(items, predictions, path, benchmark, resolve).items()}
 
 
 def prediction_record(item: EvalItem, text: str, **extra) -> dict:
