@@ -1,7 +1,8 @@
 """Predictions files: LLaVA answer-file lines `{"question_id": ..., "text": prediction, ...}`, one JSON per line.
 
 An optional `round_id` (LLaVA's MMBench rotations) defaults to 0; an optional `prompt` is kept for tasks that
-recover the question from it (TextVQA). Lines are matched to `EvalItem`s by (str(question_id), round_id).
+recover the question from it (TextVQA). A first line `{"provenance": {...}}` (written by `eval run`: what
+produced the file) is skipped. Lines are matched to `EvalItem`s by (str(question_id), round_id).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Callable, Iterable, Sequence
 
 from visualrwkv.eval.files import field_of, iter_jsonl, write_jsonl
 from visualrwkv.eval.items import EvalItem, ItemKey, data_error
+from visualrwkv.eval.provenance import is_provenance_record
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     path = Path(path)
     out: list[Prediction] = []
     for line_no, obj in iter_jsonl(path, "predictions file"):
+        if line_no == 1 and is_provenance_record(obj):
+            continue  # what produced the file (written by `eval run`), not an answer
         qid = field_of(obj, "question_id", (str, int), path, line_no)
         text = field_of(obj, "text", str, path, line_no)
         round_id = field_of(obj, "round_id", int, path, line_no) if "round_id" in obj else 0
