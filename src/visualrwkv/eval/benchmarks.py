@@ -117,7 +117,8 @@ def score_predictions(
     result = score_items(task, items, answers, variant, split, only_answered, prompts)
     if n_unscored:
         note = f"skipped {n_unscored} predictions for {spec.unscored_what} (not scored)"
-        result = dataclasses.replace(result, notes=(*result.notes, note), extra={**result.extra, "n_unscored": n_unscored})
+        extra = {**result.extra, "n_unscored": n_unscored}
+        result = dataclasses.replace(result, notes=(*result.notes, note), extra=extra)
     return result
 
 

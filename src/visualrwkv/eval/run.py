@@ -2,8 +2,9 @@
 
 Predictions are appended to a JSONL file as they come (one fsync'd line per answer), so a run that
 is killed resumes where it stopped: answered questions are skipped, a line torn by the kill is
-dropped. The file's first line records what produced it (`eval.provenance`); a file of another run (model,
-dtype, task, split, prompt style, answer length) is refused rather than resumed, unless `restart`. Under torchrun each rank answers its own shard into its own file; rank 0 merges and scores.
+dropped. The file's first line records what produced it (`eval.provenance`); a file of another run
+(model, dtype, task, split, prompt style, answer length) is refused rather than resumed, unless
+`restart`. Under torchrun each rank answers its own shard into its own file; rank 0 merges and scores.
 Generation is greedy through the batching engine (no penalties: the scores are the model's own).
 """
 
