@@ -1,6 +1,8 @@
 """Answer parsers and aggregate metrics for POPE, ScienceQA, MME, MMBench, GQA, TextVQA (SPEC §10.3-§10.8)."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from visualrwkv.eval.items import EvalItem
 from visualrwkv.eval.metrics import binary_metrics, circular_accuracy, mme_subtask
@@ -122,6 +124,46 @@ OPTIONS = {"A": "red", "B": "blue", "C": "green"}
 )  # fmt: skip
 def test_extract_option(text, expected):
     assert extract_option(text, OPTIONS) == expected
+
+
+OPTIONS4 = {"A": "red", "B": "blue", "C": "green", "D": "yellow"}
+
+
+# VLMEvalKit can_infer (commit e8e78f0), worked out from its rules
+@pytest.mark.parametrize(
+    "text, options, expected",
+    [
+        ("Cannot determine the answer", OPTIONS, "Z"),  # a refusal phrase
+        ("I can't process this file. B", OPTIONS, "Z"),  # refusals win over letters
+        ("I'm sorry, but without the image provided I would say A", OPTIONS, "Z"),
+        ("Z", OPTIONS, "Z"), ("Z.", OPTIONS, "Z"), ("blue Z", OPTIONS, "Z"),  # a bare Z and no option letter
+        ("Failed to obtain answer via API: B", OPTIONS4, None),  # skips the letter rules; too long for the texts
+        ("Failed to obtain answer via API red", {"A": "red", "B": "blue", "C": "a much longer option"}, "A"),
+        ("the sky is B", OPTIONS, "B"),  # the letter among the last four words
+        ("B is the colour of the sky today", OPTIONS, None),  # ... not here, and the answer is too long for texts
+        ("The answer is determined by the light", OPTIONS4, "D"),  # "answer is X" ignores case: the d of determined
+        ("The correct answer is **C**. Here's why: A and B are wrong", OPTIONS, "C"),
+        ("the answer is b", OPTIONS, "B"),
+        ("A B", OPTIONS, None),
+    ],
+)  # fmt: skip
+def test_extract_option_vlmevalkit_rules(text, options, expected):
+    assert extract_option(text, options) == expected
+
+
+_option_texts = st.dictionaries(st.sampled_from("ABCD"), st.text("abc xyz.", min_size=1, max_size=8), min_size=2)
+
+
+@given(_option_texts, st.text("ABCDZ abcxyz.()*:", max_size=30))
+def test_extract_option_names_an_option_or_nothing(options, text):
+    assert extract_option(text, options) in (*options, "Z", None)
+
+
+@given(_option_texts, st.data())
+def test_a_bare_or_decorated_letter_is_that_option(options, data):
+    letter = data.draw(st.sampled_from(sorted(options)))
+    decorated = data.draw(st.sampled_from(["{}", "({})", "{}.", "**{}**", "[{}]", "Answer: {}"]))
+    assert extract_option(decorated.format(letter), options) == letter
 
 
 def test_circular_accuracy():

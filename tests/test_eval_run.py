@@ -55,8 +55,76 @@ def test_killed_run_resumes_to_the_same_table(tmp_path):
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "killed" / "results.md").read_text() == (tmp_path / "straight" / "results.md").read_text()
-    lines = predictions.read_text().splitlines()
+    header, *lines = predictions.read_text().splitlines()
+    assert "provenance" in json.loads(header)  # the record written before the kill, kept
     assert len(lines) == len({(json.loads(x)["question_id"], json.loads(x).get("round_id", 0)) for x in lines})
+
+
+def _eval(tmp_path, capsys, *extra, task="pope"):
+    data = tmp_path / f"data_{task}"
+    if not data.is_dir():
+        build_fixture(task, data, n=2)
+    code = main(["eval", "run", "--task", task, "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--batch-size", "4", "--max-new-tokens", "4", *extra])
+    return code, capsys.readouterr()
+
+
+def test_predictions_of_another_run_are_refused_not_resumed(tmp_path, capsys):
+    assert _eval(tmp_path, capsys)[0] == 0
+    predictions = tmp_path / "out" / "predictions.jsonl"
+    first = json.loads(predictions.read_text().splitlines()[0])["provenance"]
+    assert (first["task"], first["split"], first["prompt"], first["dtype"]) == ("pope", "test", "bundle", "float32")
+    assert (first["decoding"], first["max_new_tokens"], len(first["model"])) == ("greedy", 4, 16)
+    n_lines = len(predictions.read_text().splitlines())
+    # the same run again resumes: nothing to answer, the same file
+    assert _eval(tmp_path, capsys)[0] == 0
+    assert len(predictions.read_text().splitlines()) == n_lines
+    for extra, changed in [(("--dtype", "bfloat16"), "dtype 'float32' -> 'bfloat16'"),
+                           (("--max-new-tokens", "5"), "max_new_tokens 4 -> 5")]:  # fmt: skip
+        code, out = _eval(tmp_path, capsys, *extra)
+        assert code == 1 and changed in out.err and "--restart" in out.err and len(out.err.splitlines()) == 1
+    code, out = _eval(tmp_path, capsys, task="mme")
+    assert code == 1 and "task 'pope' -> 'mme'" in out.err and "split" not in out.err
+    # --restart starts over, and the file then records the new run
+    assert _eval(tmp_path, capsys, "--dtype", "bfloat16", "--restart")[0] == 0
+    assert json.loads(predictions.read_text().splitlines()[0])["provenance"]["dtype"] == "bfloat16"
+    assert len(predictions.read_text().splitlines()) == n_lines
+
+
+def test_answers_without_a_provenance_record_are_refused(tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "predictions.jsonl").write_text('{"question_id": 1, "text": "yes"}\n')
+    code, out = _eval(tmp_path, capsys)
+    assert code == 1 and "do not record what produced them" in out.err and len(out.err.splitlines()) == 1
+
+
+def test_another_prompt_style_or_split_is_another_run(tmp_path, capsys):
+    assert _eval(tmp_path, capsys, task="textvqa")[0] == 0
+    code, out = _eval(tmp_path, capsys, "--prompt", "none", task="textvqa")
+    assert code == 1 and "prompt 'llava' -> 'none'" in out.err
+    assert _eval(tmp_path / "v", capsys, "--limit", "2", task="vqav2")[0] == 0
+    code, out = _eval(tmp_path / "v", capsys, "--split", "testdev", task="vqav2")
+    assert code == 1 and "split 'val' -> 'testdev'" in out.err
+
+
+HEADER = '{"provenance": {"task": "pope"}}\n'
+
+
+def test_resume_keeps_a_complete_last_line_without_newline(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(HEADER + '{"question_id": 1, "text": "yes"}\n{"question_id": 2, "text": "no"}')
+    assert _read_done(path) == ({"task": "pope"}, {("1", 0), ("2", 0)})
+    # the newline is added, so the next answer starts its own line
+    assert path.read_text() == HEADER + '{"question_id": 1, "text": "yes"}\n{"question_id": 2, "text": "no"}\n'
+
+
+def test_resume_drops_a_torn_last_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(HEADER + '{"question_id": 1, "text": "yes"}\n{"question_id": 2, "te')
+    assert _read_done(path) == ({"task": "pope"}, {("1", 0)})
+    assert path.read_text() == HEADER + '{"question_id": 1, "text": "yes"}\n'
+    path.write_text('{"provenance": {"ta')  # torn in the record itself: as if nothing was written
+    assert _read_done(path) == (None, set()) and path.read_text() == ""
 
 
 def test_a_bad_line_in_the_middle_is_an_error(tmp_path):
@@ -64,3 +132,18 @@ def test_a_bad_line_in_the_middle_is_an_error(tmp_path):
     path.write_text('{"question_id": 1, "text": "yes"}\nnot json\n{"question_id": 2, "text": "no"}\n')
     with pytest.raises(EvalDataError, match=r"p.jsonl:2"):
         _read_done(path)
+
+
+def test_model_fingerprint_tells_weights_apart_not_layouts():
+    import torch
+
+    from visualrwkv.engine.defaults import load_model
+    from visualrwkv.eval.provenance import model_fingerprint
+    from visualrwkv.model import VisualRWKV
+
+    loaded = load_model()  # inference layout (input-major projection matrices)
+    plain = VisualRWKV.from_pretrained(DEFAULT_MODEL_DIR)
+    assert model_fingerprint(loaded) == model_fingerprint(plain)
+    with torch.no_grad():
+        next(p for n, p in plain.named_parameters() if n.endswith("weight") and p.dim() == 2)[0, 0] += 1.0
+    assert model_fingerprint(plain) != model_fingerprint(loaded)

@@ -81,16 +81,43 @@ def test_missing_predictions_are_wrong_unless_only_answered(fixtures, tmp_path):
     assert partial.score == 100.0 and partial.n_items == 3 and "only_answered" in partial.notes[0]
 
 
-def test_scienceqa_missing_prediction_is_failed_and_img_counts_image_prompts(fixtures, tmp_path):
+def test_scienceqa_unanswered_image_problem_leaves_the_llava_img_denominator(fixtures, tmp_path):
     items = read_items("scienceqa", fixtures / "scienceqa")
     spec = get_task("scienceqa")
     image_items = [i for i in items if "<image>" in i.text]
     keep = [i for i in items if i is not image_items[0]]
     path = _write(tmp_path / "p.jsonl", [(i, spec.reference_answer(i, True)) for i in keep])
+    # LLaVA: the missing problem gets the prompt 'Unknown', so it is not multimodal: IMG = 3 of 3 answered
+    llava = score_predictions("scienceqa", fixtures / "scienceqa", path)
+    assert (llava.variant, llava.score, llava.n_questions) == ("llava", 100.0, N - 1)
+    assert llava.extra["accuracy_all"] == pytest.approx(100.0 * (len(items) - 1) / len(items))
+    assert llava.notes == (f"1 of {len(items)} prompts have no prediction; they are scored as wrong",)
+    # strict: every image problem is in the denominator, the missing one wrong
+    strict = score_predictions("scienceqa", fixtures / "scienceqa", path, variant="strict")
+    assert (strict.score, strict.n_questions) == (pytest.approx(100.0 * (N - 1) / N), N)
+    assert strict.extra["accuracy_all"] == llava.extra["accuracy_all"]
+
+
+def test_scienceqa_llava_img_group_follows_the_answer_lines_prompt(fixtures, tmp_path):
+    items = read_items("scienceqa", fixtures / "scienceqa")
+    spec = get_task("scienceqa")
+    image_item = next(i for i in items if "<image>" in i.text)
+    text_item = next(i for i in items if "<image>" not in i.text)
+    lines = []
+    for item in items:
+        record = prediction_record(item, spec.reference_answer(item, item is not text_item))
+        record["prompt"] = item.text
+        if item is image_item:
+            record["prompt"] = "Question: ..."  # LLaVA reads no <image> here: not multimodal
+        if item is text_item:
+            record["prompt"] = "<image>\n" + item.text  # ... and here it does: its wrong answer joins IMG
+        lines.append(json.dumps(record) + "\n")
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(lines))
     result = score_predictions("scienceqa", fixtures / "scienceqa", path)
-    assert result.score == pytest.approx(100.0 * (N - 1) / N)
-    assert result.n_questions == N
-    assert result.extra["accuracy_all"] == pytest.approx(100.0 * (len(items) - 1) / len(items))
+    assert (result.score, result.n_questions) == (pytest.approx(100.0 * (N - 1) / N), N)
+    strict = score_predictions("scienceqa", fixtures / "scienceqa", path, variant="strict")
+    assert (strict.score, strict.n_questions) == (100.0, N)
 
 
 def test_pope_missing_prediction_counts_as_the_wrong_class(fixtures, tmp_path):
@@ -118,6 +145,20 @@ def test_seed_variants_differ_on_decorated_letters(fixtures, tmp_path):
     path = _write(tmp_path / "p.jsonl", [(i, f"{i.meta['answer']}.") for i in items])
     assert score_predictions("seed", fixtures / "seed", path, variant="llava").score == 0.0  # exact match only
     assert score_predictions("seed", fixtures / "seed", path, variant="rule").score == 100.0
+
+
+def test_seed_full_answer_file_with_video_answers_is_accepted(fixtures, tmp_path):
+    items = read_items("seed", fixtures / "seed")
+    path = _write(tmp_path / "p.jsonl", [(i, i.meta["answer"]) for i in items])
+    with open(path, "a") as f:
+        f.write(json.dumps({"question_id": 999, "text": "A"}) + "\n")  # the fixture's video question, int id
+    result = score_predictions("seed", fixtures / "seed", path)
+    assert (result.score, result.n_questions, result.extra) == (100.0, N, {"n_unscored": 1})
+    assert result.notes == ("skipped 1 predictions for SEED-Bench video questions (not scored)",)
+    with open(path, "a") as f:
+        f.write(json.dumps({"question_id": "12345", "text": "A"}) + "\n")  # in neither part: still an error
+    with pytest.raises(EvalDataError, match="question_id '12345' round 0 is not a seed image question"):
+        score_predictions("seed", fixtures / "seed", path)
 
 
 def test_mmbench_one_wrong_rotation_fails_the_question(fixtures, tmp_path):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import random
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from visualrwkv.eval.items import EvalDataError, EvalItem, EvalResult, ItemKey
-from visualrwkv.eval.predictions import match_predictions, read_predictions, write_predictions
+from visualrwkv.eval.predictions import match_lines, read_predictions, write_predictions
 from visualrwkv.eval.taskspec import TaskSpec
 
 TASK_NAMES = ("vqav2", "gqa", "scienceqa", "textvqa", "pope", "mme", "mmbench", "seed")
@@ -51,8 +52,9 @@ def score_items(
     variant: str | None = None,
     split: str | None = None,
     only_answered: bool = False,
+    prompts: Mapping[ItemKey, str] | None = None,
 ) -> EvalResult:
-    """Score answers already in memory (item key -> predicted text)."""
+    """Score answers already in memory (item key -> predicted text; `prompts`: the answer lines' prompt fields)."""
     spec = get_task(task)
     variant = _choose(variant, spec.variants, "scorer variant", task)
     split = _choose(split, spec.splits, "split", task)
@@ -69,7 +71,10 @@ def score_items(
     n_missing = sum(item.key not in answers for item in items)
     if n_missing:
         notes.append(f"{n_missing} of {len(items)} prompts have no prediction; they are scored as wrong")
-    scored = spec.score(items, answers, variant)
+    if spec.reads_prompts:
+        scored = spec.score(items, answers, variant, prompts or {})
+    else:
+        scored = spec.score(items, answers, variant)
     return EvalResult(
         task=task,
         split=split,
@@ -100,8 +105,21 @@ def score_predictions(
     items = read_items(task, data_dir, split)
     resolve = spec.resolver(items) if spec.resolver else None
     label = f"{task} {split}"
-    answers = match_predictions(items, read_predictions(predictions_jsonl), predictions_jsonl, label, resolve)
-    return score_items(task, items, answers, variant, split, only_answered)
+    predictions = read_predictions(predictions_jsonl)
+    n_unscored = 0
+    if spec.unscored is not None:
+        unscored = spec.unscored(_data_dir(data_dir, spec), split) - {item.key[0] for item in items}
+        kept = [pred for pred in predictions if str(pred.question_id) not in unscored]
+        n_unscored, predictions = len(predictions) - len(kept), kept
+    lines = match_lines(items, predictions, predictions_jsonl, label, resolve)
+    answers = {key: pred.text for key, pred in lines.items()}
+    prompts = {key: pred.prompt for key, pred in lines.items() if pred.prompt is not None}
+    result = score_items(task, items, answers, variant, split, only_answered, prompts)
+    if n_unscored:
+        note = f"skipped {n_unscored} predictions for {spec.unscored_what} (not scored)"
+        extra = {**result.extra, "n_unscored": n_unscored}
+        result = dataclasses.replace(result, notes=(*result.notes, note), extra=extra)
+    return result
 
 
 def build_fixture(task: str, out_dir: str | Path, n: int = 4, seed: int = 0) -> Path:

@@ -68,6 +68,9 @@ def add_run_arguments(p, task_names, required: bool) -> None:
     p.add_argument("--limit", type=int, help="only the first N prompts (a partial, non-comparable score)")
     p.add_argument("--batch-size", type=int, default=16, help="requests decoded together (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--restart", action="store_true",
+                   help="answer every question again, discarding predictions already in --out (by default a run "
+                        "resumes them, and refuses a --out that holds another model's, dtype's, task's or prompt's)")
 
 
 def run_run(args) -> int:
@@ -80,9 +83,9 @@ def run_run(args) -> int:
     if not args.task or not args.data:
         raise ValueError("eval needs --task and --data (or a sub-command: see `visualrwkv eval --help`)")
     out = args.out or f"runs/eval/{args.task}"
-    result = run_eval(args.task, args.data, out, model=load_model_from_args(args), split=args.split, variant=args.variant,
-                      prompt=args.prompt, limit=args.limit, batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens)
+    result = run_eval(args.task, args.data, out, model=load_model_from_args(args), model_path=args.model,
+                      split=args.split, variant=args.variant, prompt=args.prompt, limit=args.limit,
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, restart=args.restart)
     print(render_markdown([result]), end="")
     print(f"predictions and results in {out}")
     return 0

@@ -58,22 +58,64 @@ def mme_answer(text: str) -> str:
     return "other"
 
 
-# Characters read as separators when looking for a bare option letter ("(B)", "B.", "**B**" all name B).
+# VLMEvalKit's rule-based option matching, `vlmeval/utils/matching_util.py` `can_infer` as of commit e8e78f0
+# (2026-08-18; the file last changed in 2cf2a36, 2026-06-25), which MMBench uses before (or, with exact matching,
+# instead of) a judge model. Written from its rules; every branch below is one of them.
+API_FAILURE = "Failed to obtain answer via API"
+REFUSALS = (
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
+)
+REFUSED = "Z"  # VLMEvalKit's label for "no option": it never equals a ground-truth letter
+# Characters read as spaces when looking for a bare option letter ("(B)", "B.", "**B**" all name B).
 _OPTION_SEPARATORS = re.compile(r"[.()\[\],:;!*#{}]")
+# "The correct answer is **B**", "the answer is c" (case-insensitive, so "answer is determined" names D).
+_ANSWER_IS = re.compile(r"(?:correct\s+)?answer\s+is\s+\**([ABCD])\**", re.IGNORECASE)
+
+
+def _option_by_letter(text: str, options: Mapping[str, str]) -> str | None:
+    """`can_infer_option`: a letter, REFUSED, or None (then the option texts are tried)."""
+    if API_FAILURE in text:
+        return None
+    if any(phrase in text for phrase in REFUSALS):
+        return REFUSED
+    words = _OPTION_SEPARATORS.sub(" ", text).split()
+    named = [letter for letter in options if letter in words]
+    if len(named) == 1:
+        # only if the letter's first occurrence is among the last four words ("A" as an article comes early)
+        if words.index(named[0]) > len(words) - 5:
+            return named[0]
+    elif not named and REFUSED in words:
+        return REFUSED  # a bare "Z" (VLMEvalKit's own "none of the options")
+    found = _ANSWER_IS.search(text)
+    if found and found.group(1).upper() in options:
+        return found.group(1).upper()
+    return None
+
+
+def _option_by_text(text: str, options: Mapping[str, str]) -> str | None:
+    """`can_infer_text`: the one option whose text occurs in the answer (case-insensitive), if the answer is short."""
+    lowered = text.lower()
+    if len(lowered) > 2 * sum(len(str(value)) for value in options.values()):
+        return None  # longer than twice all the options together: free text, not an option
+    named = [letter for letter, value in options.items() if str(value).lower() in lowered]
+    return named[0] if len(named) == 1 else None
 
 
 def extract_option(text: str, options: Mapping[str, str]) -> str | None:
-    """Rule-based option extraction for multiple choice (MMBench, SEED), after VLMEvalKit's `can_infer`.
+    """The option letter an answer names, REFUSED ("Z", always wrong) or None (unextractable, scored as wrong).
 
-    1. Treat `.()[],:;!*#{}` as spaces and split into words: if exactly one distinct option letter occurs as a
-       word, that letter.
-    2. Otherwise, if exactly one option's text occurs (case-insensitive) inside the answer, that option.
-    3. Otherwise None: the answer is unextractable. There is no GPT judge here, so it is scored as wrong.
+    VLMEvalKit `can_infer` (commit e8e78f0), default settings (its VERBOSE debug switch, which rejects a
+    lone "A" in answers of more than three words, is not reproduced):
+    1. an answer containing "Failed to obtain answer via API" skips to step 4;
+    2. an answer containing one of its four refusal phrases is REFUSED;
+    3. with `.()[],:;!*#{}` read as spaces, split into words: if exactly one option letter occurs as a word and
+       its first occurrence is among the last four words, that letter; if no option letter occurs but "Z" does,
+       REFUSED; otherwise, the letter of the first "(correct) answer is X" (X one of A-D, any case, `*`s around
+       it allowed) if X is an option;
+    4. otherwise, unless the answer is longer than twice the options' total length, the one option whose text
+       occurs in it (case-insensitive); else None. There is no judge model here: None is scored as wrong.
     """
-    words = set(_OPTION_SEPARATORS.sub(" ", text).split())
-    letters = [letter for letter in options if letter in words]
-    if len(letters) == 1:
-        return letters[0]
-    lowered = text.lower()
-    named = [letter for letter, value in options.items() if str(value).lower() in lowered]
-    return named[0] if len(named) == 1 else None
+    return _option_by_letter(text, options) or _option_by_text(text, options)

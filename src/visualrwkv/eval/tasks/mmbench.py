@@ -143,7 +143,7 @@ def score(items: Sequence[EvalItem], answers: Mapping[ItemKey, str], variant: st
     return Scored(
         score=circular_accuracy(rounds),
         metric="CircularEval accuracy (%): every rotation correct",
-        scorer="rule-based option extraction (letter, then unique option text; no GPT judge), CircularEval",
+        scorer="VLMEvalKit can_infer option extraction (commit e8e78f0; no judge model), CircularEval",
         n_questions=len(rounds),
         breakdown={
             "category": group_percent((first[g]["category"], v) for g, v in circular.items()),

@@ -1,4 +1,13 @@
-"""ScienceQA test, reported as IMG accuracy (SPEC §10.5, LLaVA `eval_science_qa.py`)."""
+"""ScienceQA test, reported as IMG accuracy (SPEC §10.5, LLaVA `eval_science_qa.py` at c121f04).
+
+Which problems make up the IMG denominator:
+- `llava` (default), as LLaVA's script: the answered test problems whose answer line's "prompt" contains
+  "<image>" (a line without a prompt: the question has an image). An unanswered image problem is *not* in it
+  (LLaVA gives it the prompt 'Unknown'); it is wrong in `accuracy_all`, and the result's notes count it.
+- `strict`: every test problem with an image; an unanswered one is wrong.
+With a complete answer file written by `eval run` or LLaVA's model_vqa_science.py the two agree. Question ids are
+matched as strings (LLaVA compares the answer line's id with the split's string ids as they are).
+"""
 
 from __future__ import annotations
 
@@ -83,19 +92,38 @@ def read(data_dir: Path, split: str, prompt: str) -> list[EvalItem]:
     return [items[pid] for pid in test]
 
 
+SCORERS = {
+    "llava": "LLaVA eval_science_qa.py: parser (letter / 'X. ' / 'The answer is X.' / FAILED); IMG = answered "
+             "problems whose answer-line prompt has <image>",
+    "strict": "LLaVA's parser; IMG = every problem with an image, an unanswered one counted as wrong",
+}  # fmt: skip
+
+
 def _correct(item: EvalItem, answers: Mapping[ItemKey, str]) -> bool:
     # a missing prediction is parsed as the text "FAILED", as LLaVA does
     letter = scienceqa_letter(answers.get(item.key, SCIENCEQA_FAILED))
     return scienceqa_choice_index(letter, item.meta["n_choices"]) == item.meta["answer"]
 
 
-def score(items: Sequence[EvalItem], answers: Mapping[ItemKey, str], variant: str) -> Scored:
+def _in_image_group(item: EvalItem, answers: Mapping[ItemKey, str], prompts: Mapping[ItemKey, str], variant: str):
+    if variant == "strict":
+        return item.meta["has_image"]
+    # LLaVA: is_multimodal = '<image>' in the answer line's "prompt". An unanswered problem gets the placeholder
+    # prompt 'Unknown', so it leaves the IMG denominator (it still counts, as wrong, in the all-questions
+    # accuracy). A line without a prompt (LLaVA would fail on it) counts as what model_vqa_science.py writes:
+    # "<image>" exactly when the question has an image.
+    if item.key not in answers:
+        return False
+    return IMAGE_TOKEN in prompts[item.key] if item.key in prompts else item.meta["has_image"]
+
+
+def score(items: Sequence[EvalItem], answers: Mapping[ItemKey, str], variant: str, prompts: Mapping[ItemKey, str]):
     correct = [float(_correct(item, answers)) for item in items]
-    image_hits = [c for item, c in zip(items, correct) if item.meta["has_image"]]
+    image_hits = [c for item, c in zip(items, correct) if _in_image_group(item, answers, prompts, variant)]
     return Scored(
         score=percent(image_hits),
         metric="IMG accuracy (%): test questions whose prompt contains <image>",
-        scorer="LLaVA eval_science_qa.py parser (letter / 'X. ' / 'The answer is X.' / FAILED)",
+        scorer=SCORERS[variant],
         n_questions=len(image_hits),
         breakdown={
             "subject": group_percent((i.meta["subject"], c) for i, c in zip(items, correct)),
@@ -160,9 +188,10 @@ TASK = TaskSpec(
     title="ScienceQA-IMG",
     layout=LAYOUT,
     splits=("test",),
-    variants=("llava",),
+    variants=("llava", "strict"),
     read=read,
     score=score,
+    reads_prompts=True,
     write_fixture=write_fixture,
     reference_answer=reference_answer,
 )

@@ -1,4 +1,10 @@
-"""SEED-Bench, image subset (LLaVA `convert_seed_for_submission.py`): 4-way multiple choice, accuracy by type."""
+"""SEED-Bench, image subset (LLaVA `convert_seed_for_submission.py`): 4-way multiple choice, accuracy by type.
+
+The score is LLaVA's "image accuracy" (its `eval_single(..., eval_only_type='image')`). A full LLaVA answer file
+also answers the video questions: those lines are skipped and counted in the result's notes. Question ids are
+matched as strings, so "100" and 100 name the same question (LLaVA converts the annotation's id with `int()` and
+would miss an answer line that wrote it as a string; that line would be scored as wrong there).
+"""
 
 from __future__ import annotations
 
@@ -19,15 +25,26 @@ LETTERS = ("A", "B", "C", "D")
 LAYOUT = f"{ANNOTATIONS} (questions with data_type 'image' are used), {IMAGES}/<data_id>[.jpg]"
 SCORERS = {
     "llava": "LLaVA convert_seed_for_submission.py: the answer text must equal the letter exactly",
-    "rule": "rule-based option extraction (letter, then unique option text), as for MMBench",
+    "rule": "VLMEvalKit can_infer option extraction (commit e8e78f0), as for MMBench",
 }
+
+
+def _questions(path: Path) -> dict:
+    doc = read_json(path, "SEED-Bench annotations")
+    if not isinstance(doc, dict) or not isinstance(doc.get("questions"), list):
+        raise data_error(path, None, "expected an object with a 'questions' list")
+    return doc
+
+
+def video_ids(data_dir: Path, split: str) -> set[str]:
+    """The ids of the video questions, which a full LLaVA answer file also answers; they are skipped."""
+    questions = _questions(data_dir / ANNOTATIONS)["questions"]
+    return {str(q.get("question_id")) for q in questions if isinstance(q, dict) and q.get("data_type") == "video"}
 
 
 def read(data_dir: Path, split: str, prompt: str) -> list[EvalItem]:
     path = data_dir / ANNOTATIONS
-    doc = read_json(path, "SEED-Bench annotations")
-    if not isinstance(doc, dict) or not isinstance(doc.get("questions"), list):
-        raise data_error(path, None, "expected an object with a 'questions' list")
+    doc = _questions(path)
     declared = doc.get("question_type")
     type_names = {v: k for k, v in declared.items()} if isinstance(declared, dict) else {}
     items, seen = [], set()
@@ -36,7 +53,7 @@ def read(data_dir: Path, split: str, prompt: str) -> list[EvalItem]:
         if not isinstance(q, dict):
             raise data_error(path, where, "each question must be an object")
         if q.get("data_type", "image") != "image":
-            continue  # the video part of SEED-Bench is out of scope
+            continue  # the video part of SEED-Bench is out of scope (answers to it are skipped: `video_ids`)
         qid = field_of(q, "question_id", (str, int), path, where)
         if str(qid) in seen:
             raise data_error(path, where, f"question_id {qid!r} repeats")
@@ -114,4 +131,6 @@ TASK = TaskSpec(
     score=score,
     write_fixture=write_fixture,
     reference_answer=reference_answer,
+    unscored=video_ids,
+    unscored_what="SEED-Bench video questions",
 )

@@ -107,7 +107,7 @@ def score(items: Sequence[EvalItem], answers: Mapping[ItemKey, str], variant: st
         scorer=VQA_SCORERS[variant],
         n_questions=len(items),
         breakdown={
-            # the per-type means use each question's full score (vqaEval.py appends its last acc_i: a bug)
+            # per-type means of each question's score, as vqaEval.py (HEAD) computes them
             "answer_type": group_percent((i.meta["answer_type"], a) for i, a in zip(items, accs)),
             "question_type": group_percent((i.meta["question_type"], a) for i, a in zip(items, accs)),
         },
