@@ -46,3 +46,18 @@ def test_copy_bandwidth_is_a_rate():
 def test_bad_config_is_named():
     with pytest.raises(SystemExit, match="768by12"):
         main(["bench", "lm", "--configs", "768by12"])
+
+
+def test_quick_rwkv7_lm_bench(tmp_path, capsys):
+    # import the package in its RWKV-6 mode first, as the other tests here expect it (it reads RWKV_V7_ON once)
+    pytest.importorskip("rwkv.model")
+    out = tmp_path / "lm7.json"
+    assert main(["bench", "lm", "--version", "7", "--configs", "64x2", "--prompt", "20", "--decode-steps", "2",
+                 "--repeats", "1", "--vocab", "300", "--batch", "2", "--bandwidth-buffer-mib", "8",
+                 "--out", str(out)]) == 0
+    rows = {r["impl"]: r for r in json.loads(out.read_text())["rows"]}
+    ours = rows["visualrwkv"]
+    assert ours["version"] == 7 and ours["decode_tok_s"] > 0 and ours["batched_decode_tok_s"] > 0
+    assert set(rows) == {"visualrwkv"}  # no RWKV-7 reference from a package imported for RWKV-6
+    printed = capsys.readouterr().out
+    assert "no reference for RWKV-7" in printed and "| C64/L2 RWKV-7 | visualrwkv | 20 |" in printed

@@ -8,7 +8,7 @@ from visualrwkv.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from visualrwkv.model import VisualRWKV, VisualRWKVConfig, sample_level_loss
 from visualrwkv.rwkv.model import RWKVConfig
 from visualrwkv.scanning import ImageSpan, inverse, permute, scan_permutation
-from visualrwkv.testing import random_rwkv6_state_dict
+from visualrwkv.testing import random_rwkv6_state_dict, random_rwkv7_state_dict
 from visualrwkv.vision.encoders import VisionConfig
 
 V = 1000
@@ -16,12 +16,13 @@ TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_
                  image_size=42, patch_size=14)  # a 3×3 patch grid + CLS
 
 
-def tiny_model(scanning: str, seed: int = 0) -> VisualRWKV:
+def tiny_model(scanning: str, seed: int = 0, version: int = 6) -> VisualRWKV:
     torch.manual_seed(seed)
-    config = VisualRWKVConfig(rwkv=RWKVConfig(n_embd=128, n_layer=4, vocab_size=V),
+    config = VisualRWKVConfig(rwkv=RWKVConfig(n_embd=128, n_layer=4, vocab_size=V, version=version),
                               vision=VisionConfig("clip", hf_config=TINY_CLIP), scanning=scanning)
     model = VisualRWKV(config)
-    model.rwkv.load_state_dict(random_rwkv6_state_dict(128, 4, vocab_size=V, seed=seed))
+    random_weights = random_rwkv7_state_dict if version == 7 else random_rwkv6_state_dict
+    model.rwkv.load_state_dict(random_weights(128, 4, vocab_size=V, seed=seed))
     torch.nn.init.normal_(model.proj.weight, std=0.5)
     return model.eval()
 
@@ -44,10 +45,12 @@ def test_permutations_are_what_the_spec_says():
     assert torch.equal(permute(permute(x, index), inverse(index)), x)
 
 
-@pytest.mark.parametrize("scanning", ["unidirection", "bidirection", "multidirection"])
-@pytest.mark.parametrize("n_images", [1, 2])
-def test_training_forward_equals_prefill_plus_decode(scanning, n_images):
-    model = tiny_model(scanning)
+@pytest.mark.parametrize("scanning,n_images,version", [
+    *((s, n, 6) for s in ("unidirection", "bidirection", "multidirection") for n in (1, 2)),
+    # RWKV-7: layer 0's values (v_first) follow each layer's scan order
+    ("bidirection", 2, 7), ("multidirection", 1, 7)])
+def test_training_forward_equals_prefill_plus_decode(scanning, n_images, version):
+    model = tiny_model(scanning, version=version)
     pixel = torch.randn(3, n_images, 3, 42, 42, generator=torch.Generator().manual_seed(1))
     prompts = []
     for b, (pre, mid, post) in enumerate([(5, 3, 4), (11, 2, 6), (1, 7, 2)]):  # different prefix lengths

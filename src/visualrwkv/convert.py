@@ -1,28 +1,62 @@
-"""`visualrwkv convert SRC OUT_DIR`: official VisualRWKV checkpoints → our directory format."""
+"""`visualrwkv convert SRC OUT`: official checkpoints → our formats.
+
+A VisualRWKV checkpoint becomes a model directory (config.json + model.safetensors); a language model
+alone (`RWKV-x060-World-*.pth`, `RWKV-x070-World-*.pth`) becomes one `.safetensors` file with its
+config in the metadata, which `load_rwkv` reads without unpickling anything.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def is_language_model_file(path: Path) -> bool:
+    """A plain RWKV LM file: top-level `emb.weight` and no VisualRWKV parts (an exported `*_rwkv.pth`
+    has its `*_visual.pth` beside it and converts as a VisualRWKV)."""
+    from .rwkv.checkpoint import read_state_dict
+
+    if not path.is_file() or path.name.endswith(("_rwkv.pth", "_visual.pth")):
+        return False
+    keys = read_state_dict(path).keys()  # memory-mapped: reading the keys loads no weights
+    return "emb.weight" in keys and not any(k.startswith(("proj.", "vit.")) for k in keys)
 
 
 def run(args) -> int:
     import torch
 
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    src = Path(args.src)
+    if is_language_model_file(src):
+        from .rwkv.checkpoint import load_rwkv, save_rwkv
+
+        if not str(args.out).endswith(".safetensors"):
+            raise ValueError(f"{src} is a language model alone: it converts to one file; give OUT ending "
+                             f"in .safetensors (got {args.out!r})")
+        lm = load_rwkv(src)
+        save_rwkv(lm, args.out, dtype=dtype)
+        cfg = lm.config
+        print(f"wrote {args.out}: RWKV-{cfg.version} C={cfg.n_embd} L={cfg.n_layer} H={cfg.n_head} "
+              f"vocabulary {cfg.vocab_size}")
+        return 0
+
     from .model import VisualRWKV
 
     model = VisualRWKV.from_pretrained(args.src)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
     model.save_pretrained(args.out, dtype=dtype)
     cfg = model.config
-    print(f"wrote {args.out}: RWKV-6 C={cfg.rwkv.n_embd} L={cfg.rwkv.n_layer}, vision {cfg.vision.kind} "
-          f"({model.vit.num_tokens} tokens × {model.vit.hidden_size}), projector {cfg.projector}")
+    print(f"wrote {args.out}: RWKV-{cfg.rwkv.version} C={cfg.rwkv.n_embd} L={cfg.rwkv.n_layer}, vision "
+          f"{cfg.vision.kind} ({model.vit.num_tokens} tokens × {model.vit.hidden_size}), projector {cfg.projector}")
     return 0
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("convert", help="convert an official VisualRWKV checkpoint to the visualrwkv format")
+    p = subparsers.add_parser("convert", help="convert an official VisualRWKV or RWKV checkpoint to the visualrwkv format")
     p.add_argument("src", help="VisualRWKV-v060-*.pth, {name}_rwkv.pth with {name}_visual.pth beside it, "
-                                "or a training step folder (step-N: its trained parameters on the run's init)")
-    p.add_argument("out", help="output directory (config.json + model.safetensors)")
+                               "a training step folder (step-N: its trained parameters on the run's init), "
+                               "or a language model alone (RWKV-x060/x070-World-*.pth)")
+    p.add_argument("out", help="output directory (config.json + model.safetensors); for a language model alone, "
+                               "a .safetensors file")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="store weights in this dtype (default: as loaded, float32)")
     p.set_defaults(func=run)

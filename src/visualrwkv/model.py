@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .constants import END_OF_TEXT, IGNORE_INDEX, IMAGE_TOKEN_INDEX, STOP_TOKEN_INDEX
-from .rwkv.checkpoint import CheckpointError, config_from_state_dict, read_state_dict, read_tensor_shapes, strip_prefix
+from .rwkv.checkpoint import (CheckpointError, config_from_state_dict, drop_ignored_keys, read_state_dict,
+                               read_tensor_shapes, strip_prefix)
 from .rwkv.model import RWKV, RWKVConfig, RWKVState
 from .rwkv.tokenizer import Tokenizer
 from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, scan_permutation
@@ -181,15 +182,18 @@ class VisualRWKV(nn.Module):
         scan order; returns (final hidden states [B, T, C], state)."""
         T = x.shape[1]
         orders: dict[tuple[bool, bool], tuple[Tensor | None, Tensor | None]] = {}
-        layers = []
+        layers, v_first = [], None  # v_first: RWKV-7's value residual, kept in token order between layers
         for i, block in enumerate(self.rwkv.blocks):
             key = layer_order(self.config.scanning, i)
             if key not in orders:
                 index = scan_permutation(spans, T, self.config.scanning, i, device=x.device)
                 orders[key] = (index, inverse(index))
             index, undo = orders[key]
-            h, layer_state = self.rwkv.run_block(block, permute(x, index), state.layer(i) if state is not None else None)
+            h, layer_state, v_first = self.rwkv.run_block(block, permute(x, index),
+                                                          state.layer(i) if state is not None else None,
+                                                          permute(v_first, index) if v_first is not None else None)
             x = permute(h, undo)
+            v_first = permute(v_first, undo) if v_first is not None else None
             layers.append(layer_state)
         return x, RWKVState.from_layers(layers)
 
@@ -362,6 +366,7 @@ def import_official(path: str | os.PathLike) -> VisualRWKV:
     if not lm_sd:
         raise CheckpointError(f"{source}: no 'rwkv.' keys: not a VisualRWKV checkpoint")
     rwkv_config = config_from_state_dict(lm_sd)
+    lm_sd = drop_ignored_keys(lm_sd, source)
     proj_sd = strip_prefix(sd, "proj.")
     vit_sd = strip_prefix(sd, "vit.")
     if not proj_sd:

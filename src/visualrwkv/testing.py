@@ -45,6 +45,55 @@ def random_rwkv6_state_dict(n_embd: int = 128, n_layer: int = 2, vocab_size: int
     return sd
 
 
+def random_rwkv7_state_dict(n_embd: int = 128, n_layer: int = 2, vocab_size: int = 65536, head_size: int = 64,
+                            seed: int = 0, dtype: torch.dtype = torch.float32, layer0_value_residual: bool = False,
+                            **ranks: int) -> dict[str, torch.Tensor]:
+    """Random RWKV-7 weights in the official `.pth` layout (SPEC §4.4), scaled like trained weights.
+
+    `ranks` sets LoRA ranks (decay_rank, a_rank, value_rank, gate_rank; default: the trainer's formula),
+    e.g. the 0B4 file's 64/64/32/128 at C = 1024. `layer0_value_residual` adds the unused layer-0
+    `att.v0/v1/v2` that some published files carry. Decays span their whole range (z from −6 to +6),
+    and the in-context rates `a` spread over (0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = RWKVConfig(n_embd=n_embd, n_layer=n_layer, vocab_size=vocab_size, head_size=head_size, version=7, **ranks)
+    with torch.device("meta"):
+        shapes = {name: p.shape for name, p in RWKV(cfg).state_dict().items()}
+    if layer0_value_residual and n_layer > 1:
+        shapes |= {f"blocks.0.att.{n}": shapes[f"blocks.1.att.{n}"] for n in ("v0", "v1", "v2")}
+    sd = {}
+    for name, shape in shapes.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if name.endswith(".weight") and (".ln" in name or name.startswith("ln_")):
+            t = 1 + 0.2 * torch.randn(shape, generator=g)
+        elif name.endswith(".bias"):
+            t = 0.1 * torch.randn(shape, generator=g)
+        elif leaf.startswith("x_"):
+            t = torch.rand(shape, generator=g)
+        elif leaf == "w0":
+            t = -6 + 12 * torch.rand(shape, generator=g)
+        elif leaf in ("a0", "v0"):
+            t = 2 * torch.randn(shape, generator=g)
+        elif leaf in ("w1", "a1", "v1", "g1", "w2", "a2", "v2", "g2"):
+            t = 0.3 * torch.randn(shape, generator=g) / shape[0] ** 0.5
+        elif leaf in ("k_k", "k_a"):
+            t = 0.5 + torch.rand(shape, generator=g)
+        elif leaf == "r_k":
+            t = 0.5 * torch.randn(shape, generator=g)
+        elif name == "emb.weight":
+            t = torch.randn(shape, generator=g)
+        else:  # linear weights [out, in]
+            t = torch.randn(shape, generator=g) / shape[-1] ** 0.5
+        sd[name] = t.to(dtype).contiguous()
+    return sd
+
+
+def random_rwkv7(n_embd: int = 128, n_layer: int = 2, vocab_size: int = 65536, seed: int = 0, **ranks: int) -> RWKV:
+    sd = random_rwkv7_state_dict(n_embd, n_layer, vocab_size, seed=seed, **ranks)
+    model = RWKV(RWKVConfig(n_embd=n_embd, n_layer=n_layer, vocab_size=vocab_size, version=7, **ranks))
+    model.load_state_dict(sd)
+    return model.eval()
+
+
 def random_rwkv6(n_embd: int = 128, n_layer: int = 2, vocab_size: int = 65536, seed: int = 0) -> RWKV:
     sd = random_rwkv6_state_dict(n_embd, n_layer, vocab_size, seed=seed)
     model = RWKV(RWKVConfig(n_embd=n_embd, n_layer=n_layer, vocab_size=vocab_size))

@@ -1,6 +1,7 @@
 """Language-model speed, side by side with the `rwkv` package on the same weights.
 
-Both run on the same random RWKV-6 weights written in the official `.pth` layout, in one process,
+Both run on the same random RWKV-6 (or, with `--version 7`, RWKV-7) weights written in the official
+`.pth` layout, in one process,
 alternating within each measurement, so the ratio is taken under the same machine load.
 Reported: prefill tokens/s (median of repeats) at each prompt length, decode tokens/s at batch 1
 (1 / median per-token latency over the timed steps) and, for ours, batched decode tokens/s. Decode
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..rwkv.checkpoint import load_rwkv
-from ..testing import random_rwkv6_state_dict
+from ..testing import random_rwkv6_state_dict, random_rwkv7_state_dict
 from ..utils import atomic_write
 
 
@@ -39,6 +41,7 @@ class LMBenchRow:
     matrix_pass_tok_s: float | None = None  # 1 / (bare GEMVs over all the matrices): torch's own ceiling
     batch: int = 1
     batched_decode_tok_s: float | None = None  # tokens/s of all rows at `batch`
+    version: int = 6  # RWKV-6 or RWKV-7
 
 
 def copy_timer(nbytes: int = 512 << 20):
@@ -94,14 +97,25 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _load_reference(path: Path):
+def _load_reference(path: Path, version: int = 6, log=print):
+    """The `rwkv` package's model of `path`, or None. The package picks RWKV-7 or older generations
+    when it is first imported (RWKV_V7_ON), so one process measures only one generation against it."""
     os.environ.setdefault("RWKV_JIT_ON", "1")
     os.environ.setdefault("RWKV_CUDA_ON", "0")
+    if "rwkv.model" not in sys.modules:
+        os.environ["RWKV_V7_ON"] = "1" if version == 7 else "0"
     try:
-        from rwkv.model import RWKV as ReferenceRWKV
+        import rwkv.model as package
     except ImportError:
         return None
-    return ReferenceRWKV(model=str(path)[: -len(".pth")], strategy="cpu fp32", verbose=False)
+    is_v7 = getattr(package, "RWKV_x070", None) is package.RWKV
+    if is_v7 != (version == 7):
+        log(f"  (the rwkv package was imported for {'RWKV-7' if is_v7 else 'RWKV-4..6'} in this process: "
+            f"no reference for RWKV-{version}; measure it in a process of its own)")
+        return None
+    stem = str(path)[: -len(".pth")]
+    return package.RWKV(model=stem, strategy="cpu fp32") if is_v7 else \
+        package.RWKV(model=stem, strategy="cpu fp32", verbose=False)
 
 
 def _greedy_step(step, state, tokens: list[int]):
@@ -115,19 +129,20 @@ def _greedy_step(step, state, tokens: list[int]):
 @torch.no_grad()
 def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_steps: int, repeats: int,
                  vocab_size: int = 65536, bandwidth_buffer: int = 512 << 20, batch: int = 8, bf16: bool = False,
-                 compile: bool = False, log=print) -> list[LMBenchRow]:
+                 compile: bool = False, version: int = 6, log=print) -> list[LMBenchRow]:
     """Every measurement alternates between the implementations (prefill repeat by repeat, decode
     step by step), so a slow spell of the machine hits all of them alike and the ratios hold.
     `compile` adds the PyTorch step under torch.compile; it compiles during the warm-up steps."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.pth"
-        torch.save(random_rwkv6_state_dict(n_embd, n_layer, vocab_size, seed=0), path)
+        random_weights = random_rwkv7_state_dict if version == 7 else random_rwkv6_state_dict
+        torch.save(random_weights(n_embd, n_layer, vocab_size, seed=0), path)
         models = {"visualrwkv": load_rwkv(path).use_gemv_layout()}
         if bf16:
             models["visualrwkv-bf16"] = load_rwkv(path, dtype=torch.bfloat16).use_gemv_layout()
         if compile:  # the default layout, which the C++ step does not read: every step is torch.compile's
             models["visualrwkv-compile"] = load_rwkv(path).compile_step()
-        reference = _load_reference(path)
+        reference = _load_reference(path, version, log)
     g = torch.Generator().manual_seed(0)
     rows = []
     for T in prompt_lengths:
@@ -157,8 +172,8 @@ def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_st
         bandwidth = 2 * bandwidth_buffer / statistics.median(copy_s[2:])
         for name, (_, step, model) in impls.items():
             row = LMBenchRow(name, n_embd, n_layer, T, T / statistics.median(prefill_s[name]),
-                             1.0 / statistics.median(decode_s[name][2:]))
-            text = f"  {name:15s} C={n_embd:4d} L={n_layer:2d} T={T:5d}  prefill {row.prefill_tok_s:9.0f} tok/s" \
+                             1.0 / statistics.median(decode_s[name][2:]), version=version)
+            text = f"  {name:15s} v{version} C={n_embd:4d} L={n_layer:2d} T={T:5d}  prefill {row.prefill_tok_s:9.0f} tok/s" \
                    f"  decode {row.decode_tok_s:7.1f} tok/s"
             if model is not None:
                 row.weight_bytes_per_token = weight_bytes_per_token(model)
@@ -183,9 +198,9 @@ def markdown_table(rows: list[LMBenchRow]) -> str:
     lines = ["| model | impl | prompt | prefill tok/s | decode tok/s (batch 1) | bandwidth bound tok/s | "
              "bound / decode | bare GEMVs tok/s | batched decode tok/s | prefill ratio | decode ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    ref = {(r.n_embd, r.n_layer, r.prompt_tokens): r for r in rows if r.impl.startswith("rwkv")}
+    ref = {(r.version, r.n_embd, r.n_layer, r.prompt_tokens): r for r in rows if r.impl.startswith("rwkv")}
     for r in rows:
-        base = ref.get((r.n_embd, r.n_layer, r.prompt_tokens))
+        base = ref.get((r.version, r.n_embd, r.n_layer, r.prompt_tokens))
         ours = base is not None and r is not base
         bound = f"{r.decode_bound_tok_s:.1f}" if r.decode_bound_tok_s else ""
         gap = f"{r.decode_bound_tok_s / r.decode_tok_s:.2f}×" if r.decode_bound_tok_s else ""
@@ -193,7 +208,8 @@ def markdown_table(rows: list[LMBenchRow]) -> str:
         batched = f"{r.batched_decode_tok_s:.1f} (batch {r.batch})" if r.batched_decode_tok_s else ""
         ratio_p = f"{r.prefill_tok_s / base.prefill_tok_s:.2f}×" if ours else ""
         ratio_d = f"{r.decode_tok_s / base.decode_tok_s:.2f}×" if ours else ""
-        lines.append(f"| C{r.n_embd}/L{r.n_layer} | {r.impl} | {r.prompt_tokens} | {r.prefill_tok_s:.0f} | "
+        generation = " RWKV-7" if r.version == 7 else ""
+        lines.append(f"| C{r.n_embd}/L{r.n_layer}{generation} | {r.impl} | {r.prompt_tokens} | {r.prefill_tok_s:.0f} | "
                      f"{r.decode_tok_s:.1f} | {bound} | {gap} | {gemv} | {batched} | {ratio_p} | {ratio_d} |")
     return "\n".join(lines)
 
@@ -213,7 +229,7 @@ def run(args) -> int:
     for n_embd, n_layer in configs:
         rows += bench_config(n_embd, n_layer, args.prompt, args.decode_steps, args.repeats, args.vocab,
                              bandwidth_buffer=args.bandwidth_buffer_mib << 20, batch=args.batch, bf16=args.bf16,
-                             compile=args.compile)
+                             compile=args.compile, version=args.version)
     table = markdown_table(rows)
     print(table)
     if args.out:
@@ -235,6 +251,7 @@ def add_arguments(p) -> None:
     p.add_argument("--bf16", action="store_true", help="also measure ours with bf16 weights")
     p.add_argument("--compile", action="store_true",
                    help="also measure the PyTorch decode step under torch.compile (compiles for ~1 min at 768x12)")
+    p.add_argument("--version", type=int, choices=(6, 7), default=6, help="RWKV generation of the random weights")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--bandwidth-buffer-mib", type=int, default=512, help="size of the copy-bandwidth buffer")
     p.add_argument("--out", help="write the results as JSON here")

@@ -182,11 +182,11 @@ def rwkv6_step(model, x: Tensor, state):
     """One token [B, 1, C] through every layer of `model` (an RWKV) by the compiled step.
 
     Returns (hidden [B, 1, C] fp32, before ln_out; the new RWKVState, shifts in x's dtype), or None
-    where the step does not apply (autograd on, weights neither all fp32 nor all bf16 CPU memory in the
+    where the step does not apply (an RWKV-7 model, autograd on, weights neither all fp32 nor all bf16 CPU memory in the
     GEMV layout, x not in their dtype, more than MAX_ROWS rows). With bf16 weights the arithmetic and
     the carried values stay fp32: the step is the fp32 step on the weights widened."""
     B, T, C = x.shape
-    if (T != 1 or B > MAX_ROWS or torch.is_grad_enabled() or x.device.type != "cpu"
+    if (T != 1 or B > MAX_ROWS or model.config.version != 6 or torch.is_grad_enabled() or x.device.type != "cpu"
             or (lib := library()) is None or (found := layer_pointers(model)) is None or x.dtype != found[1]):
         return None
     pointers, dtype = found

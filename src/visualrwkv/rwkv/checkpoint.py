@@ -1,11 +1,13 @@
 """RWKV checkpoints: official `.pth` files (loaded with `weights_only=True`, never unpickling code)
-and safetensors; the config is inferred from tensor shapes (SPEC §4.1); saving writes safetensors.
+and safetensors, RWKV-6 or RWKV-7; the config is inferred from tensor shapes (SPEC §4.1, §4.4);
+saving writes safetensors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -18,6 +20,10 @@ from ..utils import atomic_save_file, why_missing
 from .model import RWKV, RWKVConfig
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# layer 0 of RWKV-7 has no value residual; some published files carry one anyway (SPEC §3.3)
+IGNORED_RWKV7_KEYS = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -105,25 +111,44 @@ def _shape(sd, key) -> tuple[int, ...]:
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> RWKVConfig:
-    """Every size from shapes: width, layers, heads, head size, LoRA ranks, FFN width, vocabulary."""
+    """Every size from shapes: width, layers, heads, head size, FFN width, vocabulary and each LoRA rank
+    (RWKV-7 files differ in ranks at one width: the 0B4 file predates the trainer's rank formula)."""
     version = detect_version(sd)
-    if version != "6":
-        raise CheckpointError(f"this is an RWKV-{version} checkpoint; this loader reads RWKV-6 (Finch) files")
+    if version not in ("6", "7"):
+        raise CheckpointError(f"this is an RWKV-{version} checkpoint; this loader reads RWKV-6 (Finch) "
+                              "and RWKV-7 (Goose) files")
     vocab, width = _shape(sd, "emb.weight")
     layer_ids = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not layer_ids:
         raise CheckpointError("no blocks.N.* keys found")
     n_layer = max(layer_ids) + 1
-    n_head, head_size = _shape(sd, "blocks.0.att.time_faaaa")
-    return RWKVConfig(
-        n_embd=width,
-        n_layer=n_layer,
-        vocab_size=vocab,
-        head_size=head_size,
-        dim_ffn=_shape(sd, "blocks.0.ffn.key.weight")[0],
-        mix_rank=_shape(sd, "blocks.0.att.time_maa_w2")[1],
-        decay_rank=_shape(sd, "blocks.0.att.time_decay_w1")[1],
-    )
+    common = dict(n_embd=width, n_layer=n_layer, vocab_size=vocab, dim_ffn=_shape(sd, "blocks.0.ffn.key.weight")[0])
+    try:
+        if version == "6":
+            n_head, head_size = _shape(sd, "blocks.0.att.time_faaaa")
+            return RWKVConfig(**common, head_size=head_size, mix_rank=_shape(sd, "blocks.0.att.time_maa_w2")[1],
+                              decay_rank=_shape(sd, "blocks.0.att.time_decay_w1")[1])
+        n_head, head_size = _shape(sd, "blocks.0.att.r_k")
+        # the value residual starts at layer 1; a one-layer model has none (its rank is then the default)
+        value_key = next((k for k in ("blocks.1.att.v1", "blocks.0.att.v1") if k in sd), None)
+        return RWKVConfig(**common, version=7, head_size=head_size,
+                          decay_rank=_shape(sd, "blocks.0.att.w1")[1], a_rank=_shape(sd, "blocks.0.att.a1")[1],
+                          value_rank=_shape(sd, value_key)[1] if value_key else 0,
+                          gate_rank=_shape(sd, "blocks.0.att.g1")[1])
+    except ValueError as e:  # sizes that no model has (e.g. a width that is not a multiple of the head size)
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"the tensor shapes give an impossible model: {e}") from e
+
+
+def drop_ignored_keys(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The LM state dict without the tensors that official code ignores too: layer 0's `att.v0/v1/v2`
+    in some RWKV-7 files (SPEC §3.3; the `rwkv` package overwrites them with empty tensors)."""
+    present = [k for k in IGNORED_RWKV7_KEYS if k in sd]
+    if not present:
+        return sd
+    log.info("%s: ignoring %s (layer 0 has no value residual)", source, ", ".join(present))
+    return {k: v for k, v in sd.items() if k not in present}
 
 
 def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -145,7 +170,7 @@ def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source
 
 def load_rwkv(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
               prefix: str | None = None) -> RWKV:
-    """Load an RWKV-6 language model from an official `.pth` or a safetensors file.
+    """Load an RWKV-6 or RWKV-7 language model from an official `.pth` or a safetensors file.
 
     `prefix` selects a sub-model (e.g. "rwkv." in a full VisualRWKV checkpoint); by default "rwkv."
     is stripped when every LM key carries it.
@@ -156,6 +181,7 @@ def load_rwkv(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, de
     if prefix:
         sd = strip_prefix(sd, prefix)
     config = config_from_state_dict(sd)
+    sd = drop_ignored_keys(sd, str(path))
     meta = read_metadata(path)
     if "rwkv_config" in meta and RWKVConfig.from_dict(json.loads(meta["rwkv_config"])) != config:
         raise CheckpointError(f"{path}: the stored config disagrees with the tensor shapes")

@@ -1,11 +1,13 @@
-"""The RWKV-6 "Finch" language model (SPEC §2), one set of weights run three ways:
+"""The RWKV language model: RWKV-6 "Finch" (SPEC §2) and RWKV-7 "Goose" (§3), one set of weights run three ways:
 
 - parallel over a whole sequence (training, prefill) with the chunked WKV,
 - recurrently, one token per call (decoding), and
 - chunked prefill that continues from a given state.
 
-All three are the same `forward`; `wkv6` picks the kernel. Parameter names follow the official
-checkpoints (`blocks.{l}.att.time_maa_x`, …) so state dicts load without renaming.
+All three are the same `forward`; `wkv6`/`wkv7` pick the kernel. The two generations are one model with
+two kinds of time-mix and channel-mix (RWKV-7's in rwkv/rwkv7.py), chosen by `RWKVConfig.version`.
+Parameter names follow the official checkpoints (`blocks.{l}.att.time_maa_x`, `blocks.{l}.att.x_r`, …)
+so state dicts load without renaming.
 """
 
 from __future__ import annotations
@@ -22,21 +24,36 @@ from ..ops import cpu_kernels
 from ..ops.linear import Linear, rows_matmul
 from ..ops.wkv6 import wkv6
 from .compiled_step import CompiledStep
+from .layers import HEAD_SIZE_DIVISOR
+from .layers import shifted as _shifted
+from .rwkv7 import ChannelMix7, TimeMix7, reset_rwkv7_block
 
-HEAD_SIZE_DIVISOR = 8  # ln_x eps = 1e-5 * divisor² (SPEC §2.2 step 6)
 MAX_CONFIG_SIZE = 2**20  # any RWKVConfig size (the largest real one: vocab 65536, C 7168)
 MAX_LAYERS = 1024  # the largest real RWKV has 61; building a model is linear in layers
+VERSIONS = (6, 7)
+
+
+def _rank(factor: float, power: float, width: int) -> int:
+    """The RWKV-7 trainer's suggested LoRA rank (SPEC §3.2): max(32, round(factor·C^power / 32)·32)."""
+    return max(32, int(round(factor * width**power / 32)) * 32)
 
 
 @dataclass
 class RWKVConfig:
+    """Sizes of an RWKV-6 (`version` 6) or RWKV-7 (7) model; a 0 means the generation's default.
+    Checkpoints set every size from their tensor shapes (rwkv/checkpoint.py), never from these defaults."""
+
     n_embd: int
     n_layer: int
     vocab_size: int = 65536
     head_size: int = 64
-    dim_ffn: int = 0  # 0: the RWKV-6 default int(3.5·C)//32·32
-    mix_rank: int = 0  # 0: 32, or 64 when C >= 4096
-    decay_rank: int = 0  # 0: 64, or 128 when C >= 4096
+    dim_ffn: int = 0  # 0: RWKV-6 int(3.5·C)//32·32; RWKV-7 4·C
+    mix_rank: int = 0  # RWKV-6 ddlerp LoRA; 0: 32, or 64 when C >= 4096
+    decay_rank: int = 0  # decay LoRA; 0: RWKV-6 64 (128 when C >= 4096); RWKV-7 max(32, round(1.8·√C/32)·32)
+    version: int = 6
+    a_rank: int = 0  # RWKV-7 in-context-rate LoRA; 0: as decay_rank's formula
+    value_rank: int = 0  # RWKV-7 value-residual LoRA; 0: max(32, round(1.3·√C/32)·32)
+    gate_rank: int = 0  # RWKV-7 gate LoRA; 0: max(32, round(0.6·C^0.8/32)·32)
 
     def __post_init__(self):
         # a config.json is user input: wrong types and absurd sizes are refused before anything is built
@@ -44,16 +61,30 @@ class RWKVConfig:
             value = getattr(self, f.name)
             if type(value) is not int or not 0 <= value <= MAX_CONFIG_SIZE:
                 raise ValueError(f"RWKVConfig.{f.name} must be an integer in [0, {MAX_CONFIG_SIZE}], got {value!r}")
+        if self.version not in VERSIONS:
+            raise ValueError(f"RWKVConfig.version must be one of {VERSIONS}, got {self.version!r}")
         if self.n_embd <= 0 or self.n_layer <= 0 or self.vocab_size <= 0 or self.head_size <= 0:
             raise ValueError(f"RWKVConfig needs positive sizes, got {self}")
         if self.n_layer > MAX_LAYERS:
             raise ValueError(f"RWKVConfig.n_layer {self.n_layer} is above {MAX_LAYERS}: not a real model")
         if self.n_embd % self.head_size:
             raise ValueError(f"n_embd {self.n_embd} is not a multiple of head_size {self.head_size}")
-        big = self.n_embd >= 4096
-        self.dim_ffn = self.dim_ffn or int(3.5 * self.n_embd) // 32 * 32
-        self.mix_rank = self.mix_rank or (64 if big else 32)
-        self.decay_rank = self.decay_rank or (128 if big else 64)
+        C = self.n_embd
+        if self.version == 6:
+            if self.a_rank or self.value_rank or self.gate_rank:
+                raise ValueError("a_rank, value_rank and gate_rank are RWKV-7 sizes; this config is RWKV-6")
+            big = C >= 4096
+            self.dim_ffn = self.dim_ffn or int(3.5 * C) // 32 * 32
+            self.mix_rank = self.mix_rank or (64 if big else 32)
+            self.decay_rank = self.decay_rank or (128 if big else 64)
+        else:
+            if self.mix_rank:
+                raise ValueError("mix_rank is an RWKV-6 size (RWKV-7 has no ddlerp); this config is RWKV-7")
+            self.dim_ffn = self.dim_ffn or 4 * C
+            self.decay_rank = self.decay_rank or _rank(1.8, 0.5, C)
+            self.a_rank = self.a_rank or _rank(1.8, 0.5, C)
+            self.value_rank = self.value_rank or _rank(1.3, 0.5, C)
+            self.gate_rank = self.gate_rank or _rank(0.6, 0.8, C)
 
     @property
     def n_head(self) -> int:
@@ -75,7 +106,8 @@ class RWKVConfig:
 class RWKVState:
     """The recurrent state: per layer the last LN1 output, the WKV matrix and the last LN2 output.
 
-    att_shift, ffn_shift: [L, B, C] (model dtype); wkv: [L, B, H, N, N] fp32, [head, key, value].
+    att_shift, ffn_shift: [L, B, C] (model dtype); wkv: [L, B, H, N, N] fp32, indexed [head, key, value]
+    for RWKV-6 and [head, value, key] for RWKV-7 (each as the `rwkv` package holds it).
     Constant size whatever the sequence length. Treated as a value: model calls return new states.
     """
 
@@ -132,12 +164,6 @@ class RWKVState:
             torch.cat([s.wkv for s in states], dim=1),
             torch.cat([s.ffn_shift for s in states], dim=1),
         )
-
-
-def _shifted(x: Tensor, last: Tensor | None) -> Tensor:
-    """x_{t-1} for every t: the carried state (or zeros) first, then the sequence without its last."""
-    first = torch.zeros_like(x[:, :1]) if last is None else last.unsqueeze(1).to(x.dtype)
-    return first if x.shape[1] == 1 else torch.cat([first, x[:, :-1]], dim=1)
 
 
 class TimeMix(nn.Module):
@@ -212,26 +238,34 @@ class ChannelMix(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-LN residual block (ln0 first at layer 0) around the time-mix and channel-mix of `cfg.version`."""
+
     def __init__(self, cfg: RWKVConfig, layer_id: int):
         super().__init__()
         C = cfg.n_embd
         self.layer_id = layer_id
+        self.version = cfg.version
         if layer_id == 0:
             self.ln0 = nn.LayerNorm(C)
         self.ln1 = nn.LayerNorm(C)
         self.ln2 = nn.LayerNorm(C)
-        self.att = TimeMix(cfg)
-        self.ffn = ChannelMix(cfg)
+        self.att = TimeMix7(cfg, layer_id) if cfg.version == 7 else TimeMix(cfg)
+        self.ffn = ChannelMix7(cfg) if cfg.version == 7 else ChannelMix(cfg)
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None):
-        """x [B,T,C]; state = (att_shift [B,C], wkv [B,H,N,N], ffn_shift [B,C]) or None (zeros)."""
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor, Tensor] | None = None, v_first: Tensor | None = None):
+        """x [B,T,C]; state = (att_shift [B,C], wkv [B,H,N,N], ffn_shift [B,C]) or None (zeros); v_first:
+        RWKV-7's value residual [B,T,C] from layer 0 (None at layer 0 and for RWKV-6).
+        Returns (x, the new layer state, v_first for the next block)."""
         att_shift, wkv_state, ffn_shift = state if state is not None else (None, None, None)
         if self.layer_id == 0:
             x = self.ln0(x)
-        dx, att_shift, wkv_state = self.att(self.ln1(x), att_shift, wkv_state)
+        if self.version == 7:
+            dx, att_shift, wkv_state, v_first = self.att(self.ln1(x), att_shift, wkv_state, v_first)
+        else:
+            dx, att_shift, wkv_state = self.att(self.ln1(x), att_shift, wkv_state)
         x = x + dx
         dx, ffn_shift = self.ffn(self.ln2(x), ffn_shift)
-        return x + dx, (att_shift, wkv_state, ffn_shift)
+        return x + dx, (att_shift, wkv_state, ffn_shift), v_first
 
 
 LogitsMode = Literal["all", "last", "none"]
@@ -291,16 +325,17 @@ class RWKV(nn.Module):
 
     def run_blocks(self, x: Tensor, state: RWKVState | None) -> tuple[Tensor, RWKVState]:
         """Embeddings [B, T, C] through every block: (the last hidden states, the new state)."""
-        layers = []
+        layers, v_first = [], None
         for i, block in enumerate(self.blocks):
-            x, layer_state = self.run_block(block, x, state.layer(i) if state is not None else None)
+            x, layer_state, v_first = self.run_block(block, x, state.layer(i) if state is not None else None, v_first)
             layers.append(layer_state)
         return x, RWKVState.from_layers(layers)
 
-    def run_block(self, block: Block, x: Tensor, layer_state):
+    def run_block(self, block: Block, x: Tensor, layer_state, v_first: Tensor | None = None):
+        """One block, under gradient checkpointing when training asks for it: (x, layer state, v_first)."""
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, layer_state, use_reentrant=False)
-        return block(x, layer_state)
+            return checkpoint(block, x, layer_state, v_first, use_reentrant=False)
+        return block(x, layer_state, v_first)
 
     def project(self, x: Tensor, logits: LogitsMode = "all") -> Tensor | None:
         """ln_out + head over the final hidden states [B, T, C]."""
@@ -323,9 +358,13 @@ class RWKV(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The RWKV-6 initialisation (SPEC §2.4), for models trained from scratch."""
+        """The initialisation of the official trainers (RWKV-6: SPEC §2.4), for models trained from scratch."""
         cfg = self.config
         C, L = cfg.n_embd, cfg.n_layer
+        if cfg.version == 7:
+            for layer_id, block in enumerate(self.blocks):
+                reset_rwkv7_block(block.att, block.ffn, layer_id, L)
+            return
         ddd = torch.arange(C, dtype=torch.float32) / C
         n = torch.arange(C, dtype=torch.float32)
         for layer_id, block in enumerate(self.blocks):
@@ -367,4 +406,4 @@ class RWKV(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-__all__ = ["RWKV", "RWKVConfig", "RWKVState", "Block", "TimeMix", "ChannelMix"]
+__all__ = ["RWKV", "RWKVConfig", "RWKVState", "Block", "TimeMix", "ChannelMix", "TimeMix7", "ChannelMix7"]
