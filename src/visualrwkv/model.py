@@ -27,6 +27,7 @@ from .rwkv.tokenizer import Tokenizer
 from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, scan_permutation
 from .utils import atomic_save_file, atomic_write
 from .vision.encoders import VisionConfig, build_encoder, clip_config_from_state_dict
+from .vision.hf_encoders import official_clip_keys
 from .vision.projector import build_projector, infer_projector
 
 CONFIG_NAME = "config.json"
@@ -354,7 +355,7 @@ def import_official(path: str | os.PathLike) -> VisualRWKV:
         raise CheckpointError(f"{source}: no 'rwkv.' keys: not a VisualRWKV checkpoint")
     rwkv_config = config_from_state_dict(lm_sd)
     proj_sd = strip_prefix(sd, "proj.")
-    vit_sd = strip_prefix(sd, "vit.")
+    vit_sd = official_clip_keys(strip_prefix(sd, "vit."))  # also the transformers >= 5 `vit.embeddings.*` layout
     if not proj_sd:
         raise CheckpointError(f"{source}: no 'proj.' keys")
     if not any(k.startswith("vision_model.") for k in vit_sd):
