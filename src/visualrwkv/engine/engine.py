@@ -339,8 +339,15 @@ class Engine:
                                  image_position=self.model.config.image_position)
 
     def count_prompt_tokens(self, prompt: ChatPrompt) -> int:
-        """Positions the prompt occupies: text tokens plus the image vectors."""
-        return _positions(prompt.ids, self.model.vit.num_tokens)
+        """Positions the prompt occupies: text tokens plus the image vectors (or the text-only image slot)."""
+        return self._prompt_positions(prompt, len(prompt.ids))
+
+    def _prompt_positions(self, prompt: ChatPrompt, n_ids: int) -> int:
+        """Positions of the first n_ids ids; a text-only prompt begins with the model's text-only slot."""
+        if not n_ids:
+            return 0
+        slot = self.model.text_only_positions if prompt.image is None else 0
+        return slot + _positions(prompt.ids[:n_ids], self.model.vit.num_tokens)
 
     def submit(self, prompt: ChatPrompt, params: SamplingParams | None = None) -> RequestHandle:
         params = SamplingParams() if params is None else params
@@ -457,7 +464,7 @@ class Engine:
             if entry is not None:
                 start, state, logits = b, entry.state, entry.logits
                 break
-        cached = _positions(ids[:start], self.model.vit.num_tokens)
+        cached = self._prompt_positions(prompt, start)
         for b in points:
             if b <= start:
                 continue

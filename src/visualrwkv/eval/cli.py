@@ -68,6 +68,10 @@ def add_run_arguments(p, task_names, required: bool) -> None:
     p.add_argument("--limit", type=int, help="only the first N prompts (a partial, non-comparable score)")
     p.add_argument("--batch-size", type=int, default=16, help="requests decoded together (default 16)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--imageless", choices=("text-only", "blank-image"), default="text-only",
+                   help="questions without an image: text-only = a text prompt in the model's text-only layout "
+                        "(what the official v6.0 evaluate.py does for ScienceQA), blank-image = an all-zero pixel "
+                        "tensor encoded as the image (what it does for `text` question lines without an image)")
 
 
 def run_run(args) -> int:
@@ -82,7 +86,7 @@ def run_run(args) -> int:
     out = args.out or f"runs/eval/{args.task}"
     result = run_eval(args.task, args.data, out, model=load_model_from_args(args), split=args.split, variant=args.variant,
                       prompt=args.prompt, limit=args.limit, batch_size=args.batch_size,
-                      max_new_tokens=args.max_new_tokens)
+                      max_new_tokens=args.max_new_tokens, imageless=args.imageless)
     print(render_markdown([result]), end="")
     print(f"predictions and results in {out}")
     return 0
