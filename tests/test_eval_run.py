@@ -64,3 +64,32 @@ def test_a_bad_line_in_the_middle_is_an_error(tmp_path):
     path.write_text('{"question_id": 1, "text": "yes"}\nnot json\n{"question_id": 2, "text": "no"}\n')
     with pytest.raises(EvalDataError, match=r"p.jsonl:2"):
         _read_done(path)
+
+
+@pytest.mark.parametrize("imageless", ["text-only", "blank-image"])
+def test_imageless_questions_follow_the_chosen_official_path(imageless, tmp_path):
+    """ScienceQA's text problems: by default a text prompt (in the model's text-only layout); with
+    --imageless blank-image, `<image>\\n` + the question and all-zero pixels through the encoder."""
+    import torch
+
+    from visualrwkv.engine.defaults import load_model
+    from visualrwkv.eval.benchmarks import read_items
+    from visualrwkv.eval.tasks.common import with_image
+    from visualrwkv.prompts import build_inference_prompt
+
+    data = tmp_path / "data"
+    build_fixture("scienceqa", data, n=2)
+    assert main(["eval", "--task", "scienceqa", "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--max-new-tokens", "8", "--imageless", imageless]) == 0
+    predictions = {json.loads(x)["question_id"]: json.loads(x)["text"]
+                   for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()}
+    model = load_model()
+    textual = [item for item in read_items("scienceqa", data) if item.image is None]
+    assert textual
+    for item in textual:
+        blank = imageless == "blank-image"
+        text = with_image(item.text) if blank else item.text
+        ids = build_inference_prompt(text, model.config.image_position, has_image=blank, tokenizer=model.tokenizer)
+        with torch.no_grad():
+            tokens = model.generate_greedy(ids, [model.vit.blank_pixels()[0]] if blank else [], max_new_tokens=8)
+        assert predictions[item.question_id] == model.tokenizer.decode(tokens).split("\n\n")[0].strip()

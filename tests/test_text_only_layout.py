@@ -187,3 +187,18 @@ def test_blank_image_is_zero_pixels_through_the_encoder():
         features = model.encode_images(blank)
     torch.testing.assert_close(from_tensor_list, from_pixels)
     assert features.abs().sum() > 0  # unlike the text-only slot, the blank image's vectors are not zero
+
+
+def test_the_cli_flag_overrides_the_config(tmp_path, capsys):
+    from visualrwkv.cli import main
+    from visualrwkv.engine.defaults import load_model
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    assert load_model(tmp_path / "m").config.text_only_layout == "image-slot"
+    assert load_model(tmp_path / "m", text_only_layout="plain").text_only_positions == 0
+    with pytest.raises(ValueError, match="text_only_layout must be one of"):
+        load_model(tmp_path / "m", text_only_layout="nothing")
+    with pytest.raises(SystemExit):
+        main(["ask", "--model", str(tmp_path / "m"), "--text-only-layout", "nothing", "hi"])
+    assert "invalid choice" in capsys.readouterr().err
