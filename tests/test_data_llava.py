@@ -221,17 +221,53 @@ def test_truncate_keeps_the_first_positions_and_whole_images():
 
 
 def test_dataset_ctx_len_truncates_and_drops_cut_images(root, tok):
-    path = write_json(root / "d.json", GOOD_ROWS)
-    sample = tokenize_conversation(GOOD_ROWS[1]["conversations"], tok, "first")
+    # two images in two rounds: the first answer lies before the second image
+    row = {"id": "two", "image": ["red.png", "blue.png"],
+           "conversations": qa("<image>\nWhat colour?", "Red") + qa("<image>\nAnd this one?", "Blue")}
+    path = write_json(root / "d.json", [row])
+    sample = tokenize_conversation(row["conversations"], tok, "first", num_images=2)
     ids = sample.input_ids
     second = [k for k, t in enumerate(ids) if t == IMAGE_TOKEN_INDEX][1]
     for ctx_len, images in [(second + 1, 2), (second, 1), (len(ids), 2)]:
-        item = LlavaDataset(path, root, tokenizer=tok, ctx_len=ctx_len, image_position="first")[1]
+        item = LlavaDataset(path, root, tokenizer=tok, ctx_len=ctx_len, image_position="first")[0]
         assert item["input_ids"].tolist() == ids[:ctx_len] and item["labels"].tolist() == sample.labels[:ctx_len]
         assert len(item["images"]) == images
     # a sentinel spliced to 3 positions: the second image no longer fits in second + 1 + 2 positions
-    item = LlavaDataset(path, root, tokenizer=tok, ctx_len=second + 2, tokens_per_image=3, image_position="first")[1]
+    item = LlavaDataset(path, root, tokenizer=tok, ctx_len=second + 2, tokens_per_image=3, image_position="first")[0]
     assert item["input_ids"].tolist() == ids[:second] and len(item["images"]) == 1
+
+
+def test_a_sample_without_a_label_in_ctx_len_is_skipped_and_counted(root, tok):
+    """The official code would train the last ctx_len positions: the answer without its image."""
+    rows = [{"id": "long", "image": "red.png", "conversations": qa("<image>\n" + "very " * 40 + "long?", "Red")},
+            {"id": "short", "image": "red.png", "conversations": qa("<image>\nColour?", "Red")}]
+    path = write_json(root / "d.json", rows)
+    short = tokenize_conversation(rows[1]["conversations"], tok, "middle", num_images=1)
+    ctx_len = len(short.input_ids) - 1 + 10  # the short sample fits with its image spliced to 10 positions
+    ds = LlavaDataset(path, root, tokenizer=tok, ctx_len=ctx_len, tokens_per_image=10)  # no skip_bad_rows
+    with pytest.warns(UserWarning, match=r"no_label_in_ctx_len: no answer token within the first"):
+        item = ds[0]
+    assert item["id"] == "short" and len(item["skipped"]) == 1 and "(id 'long')" in item["skipped"][0]
+    assert ds.skipped == {"no_label_in_ctx_len": 1}
+    assert "no_label_in_ctx_len=1" in ds.skip_report()
+    assert ds[0]["id"] == "short" and ds.skipped == {"no_label_in_ctx_len": 1}  # remembered, counted once
+    alone = LlavaDataset(write_json(root / "e.json", rows[:1]), root, tokenizer=tok, ctx_len=ctx_len, tokens_per_image=10)
+    with pytest.warns(UserWarning), pytest.raises(DataError, match="no sample could be loaded"):
+        alone[0]
+
+
+def test_text_only_samples_count_the_image_slot(root, tok):
+    rows = [{"id": "t", "conversations": qa("Say hi", "Hi")}]
+    path = write_json(root / "d.json", rows)
+    sample = tokenize_conversation(rows[0]["conversations"], tok, "middle")
+    n = len(sample.input_ids)
+    plain = LlavaDataset(path, root, tokenizer=tok, ctx_len=n)
+    assert plain[0]["input_ids"].tolist() == sample.input_ids
+    slot = LlavaDataset(path, root, tokenizer=tok, ctx_len=n + 10, text_only_positions=10)
+    assert slot[0]["input_ids"].tolist() == sample.input_ids
+    assert slot.approx_lengths()[0] == plain.approx_lengths()[0] + 10
+    cut = LlavaDataset(path, root, tokenizer=tok, ctx_len=n + 9, text_only_positions=10)
+    assert cut[0]["input_ids"].tolist() == sample.input_ids[:-1]  # the slot takes 10 of the positions
 
 
 def test_collate_pads(root, tok):

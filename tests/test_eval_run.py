@@ -147,3 +147,32 @@ def test_model_fingerprint_tells_weights_apart_not_layouts():
     with torch.no_grad():
         next(p for n, p in plain.named_parameters() if n.endswith("weight") and p.dim() == 2)[0, 0] += 1.0
     assert model_fingerprint(plain) != model_fingerprint(loaded)
+
+
+@pytest.mark.parametrize("imageless", ["text-only", "blank-image"])
+def test_imageless_questions_follow_the_chosen_official_path(imageless, tmp_path):
+    """ScienceQA's text problems: by default a text prompt (in the model's text-only layout); with
+    --imageless blank-image, `<image>\\n` + the question and all-zero pixels through the encoder."""
+    import torch
+
+    from visualrwkv.engine.defaults import load_model
+    from visualrwkv.eval.benchmarks import read_items
+    from visualrwkv.eval.tasks.common import with_image
+    from visualrwkv.prompts import build_inference_prompt
+
+    data = tmp_path / "data"
+    build_fixture("scienceqa", data, n=2)
+    assert main(["eval", "--task", "scienceqa", "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--max-new-tokens", "8", "--imageless", imageless]) == 0
+    predictions = {json.loads(x)["question_id"]: json.loads(x)["text"]
+                   for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[1:]}  # after the provenance record
+    model = load_model()
+    textual = [item for item in read_items("scienceqa", data) if item.image is None]
+    assert textual
+    for item in textual:
+        blank = imageless == "blank-image"
+        text = with_image(item.text) if blank else item.text
+        ids = build_inference_prompt(text, model.config.image_position, has_image=blank, tokenizer=model.tokenizer)
+        with torch.no_grad():
+            tokens = model.generate_greedy(ids, [model.vit.blank_pixels()[0]] if blank else [], max_new_tokens=8)
+        assert predictions[item.question_id] == model.tokenizer.decode(tokens).split("\n\n")[0].strip()

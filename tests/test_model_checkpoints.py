@@ -120,3 +120,44 @@ def test_mismatches_are_named(official, tmp_path):
         VisualRWKV.from_pretrained(tmp_path / "lonely_rwkv.pth")
     with pytest.raises(FileNotFoundError, match="config.json"):
         VisualRWKV.from_pretrained(tmp_path)
+
+
+def transformers5_layout(sd):
+    """The same weights as the official code writes them under transformers >= 5, whose CLIPVisionModel
+    has no `vision_model` level: `vit.embeddings.*`, `vit.encoder.*`, `vit.pre_layrnorm.*`, `vit.post_layernorm.*`."""
+    return {("vit." + k[len("vit.vision_model."):] if k.startswith("vit.vision_model.") else k): v for k, v in sd.items()}
+
+
+def test_transformers5_key_layout_loads_the_same_model(official, tmp_path):
+    d, sd = official
+    new = transformers5_layout(sd)
+    assert "vit.embeddings.patch_embedding.weight" in new and "vit.pre_layrnorm.weight" in new
+    assert not any(k.startswith("vit.vision_model.") for k in new)
+    torch.save(new, tmp_path / "VisualRWKV-v060-tf5.pth")
+    old_model = VisualRWKV.from_pretrained(d / "VisualRWKV-v060-tiny.pth")
+    new_model = VisualRWKV.from_pretrained(tmp_path / "VisualRWKV-v060-tf5.pth")
+    assert new_model.config == old_model.config
+    for (k, a), (k2, b) in zip(old_model.state_dict().items(), new_model.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    ids, pixels = prompt_and_image()
+    with torch.no_grad():
+        assert torch.equal(old_model.prefill(ids, pixels)[0], new_model.prefill(ids, pixels)[0])
+    # the exported pair's *_visual.pth in the new layout loads too
+    torch.save({k[len("rwkv."):]: v for k, v in sd.items() if k.startswith("rwkv.")}, tmp_path / "tf5_rwkv.pth")
+    torch.save({k: v for k, v in new.items() if not k.startswith("rwkv.")}, tmp_path / "tf5_visual.pth")
+    pair = VisualRWKV.from_pretrained(tmp_path / "tf5_rwkv.pth")
+    with torch.no_grad():
+        assert torch.equal(old_model.prefill(ids, pixels)[0], pair.prefill(ids, pixels)[0])
+
+
+def test_a_weight_in_both_key_layouts_is_refused(official, tmp_path):
+    _, sd = official
+    both = dict(sd, **{"vit.embeddings.class_embedding": sd["vit.vision_model.embeddings.class_embedding"]})
+    torch.save(both, tmp_path / "both.pth")
+    with pytest.raises(ValueError, match="both key layouts"):
+        VisualRWKV.from_pretrained(tmp_path / "both.pth")
+    missing = transformers5_layout(sd)
+    del missing["vit.encoder.layers.0.mlp.fc1.bias"]
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="mlp.fc1.bias"):
+        VisualRWKV.from_pretrained(tmp_path / "missing.pth")

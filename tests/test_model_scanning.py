@@ -113,10 +113,13 @@ def test_splice_truncation_keeps_labels_and_whole_images():
     labels = [7] * 4 + [IGNORE_INDEX] + [IGNORE_INDEX] * 20
     batch = model.splice([prompt], embeds, [labels], ctx_len=12)
     assert batch.lengths == [4] and batch.spans == [[]] and batch.labels[0].tolist() == [7] * 4
-    # no label in the head: the tail is kept
+    assert batch.unsupervised == []
+    # no label in the head: the official code would train the tail, i.e. the answers without their
+    # image; here the head is kept without labels (nothing is trained) and the row is reported
     labels = [IGNORE_INDEX] * 5 + [7] * 20
     batch = model.splice([prompt], embeds, [labels], ctx_len=12)
-    assert batch.lengths == [12] and batch.spans == [[]] and batch.labels[0].tolist() == [7] * 12
+    assert batch.lengths == [4] and batch.spans == [[]] and batch.unsupervised == [0]
+    assert batch.labels[0].tolist() == [IGNORE_INDEX] * 4
     # a window that fits keeps the image and its span
     batch = model.splice([prompt], embeds, [labels], ctx_len=40)
     assert batch.lengths == [34] and batch.spans[0][0].start == 4 and batch.spans[0][0].end == 13

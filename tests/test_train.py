@@ -212,3 +212,22 @@ def test_vision_pretraining_learns_and_saves_a_loadable_model(shapes, tmp_path):
     after = VisualRWKV.from_pretrained(final)
     assert not torch.equal(after.vit.stem[0].weight, before.vit.stem[0].weight)  # the encoder trained
     torch.testing.assert_close(after.rwkv.head.weight, before.rwkv.head.weight)  # the LM did not
+
+
+def test_samples_without_a_label_in_ctx_len_are_skipped_and_logged(shapes, tmp_path):
+    rows = json.loads((shapes / "stage2.json").read_text())[:6]
+    long_question = "<image>\n" + "Describe it in great detail please. " * 40
+    rows.insert(0, {"id": "too-long", "image": rows[0]["image"],
+                    "conversations": [{"from": "human", "value": long_question}, {"from": "gpt", "value": "Red"}]})
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(rows))
+    cfg = config(shapes, tmp_path / "run", data=str(data), image_root=str(shapes), max_steps=2, micro_batch_size=4,
+                 log_every=1)
+    trainer = Trainer(cfg, log=lambda *a, **k: None)
+    assert trainer.dataset.text_only_positions == trainer.model.text_only_positions == trainer.model.vit.num_tokens
+    with pytest.warns(UserWarning, match="no_label_in_ctx_len"):
+        trainer.train()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    assert sum(line["skipped"] for line in lines) == 1
+    assert trainer.dataset.skipped == {"no_label_in_ctx_len": 1}

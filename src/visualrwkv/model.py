@@ -28,11 +28,19 @@ from .rwkv.tokenizer import Tokenizer
 from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, scan_permutation
 from .utils import atomic_save_file, atomic_write
 from .vision.encoders import VisionConfig, build_encoder, clip_config_from_state_dict
+from .vision.hf_encoders import official_clip_keys
 from .vision.projector import build_projector, infer_projector
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 IMAGE_POSITIONS = ("first", "last", "middle")
+# How a sequence without an image is laid out (SPEC §5.4 step 5):
+# - "image-slot": the official v6.0 layout, which the released v6.0 models were fine-tuned with: the
+#   image's place holds the encoder's num_tokens zero vectors (the official code zeroes the projected
+#   features; block 0's ln0 maps them to its bias), scanned like an image (its patch span reversed on
+#   odd layers under bidirectional scanning), then the text;
+# - "plain": the text alone (v7.00, whose official code embeds text-only batches plainly).
+TEXT_ONLY_LAYOUTS = ("image-slot", "plain")
 
 
 @dataclass
@@ -43,6 +51,7 @@ class VisualRWKVConfig:
     scanning: str = "bidirection"
     image_position: str = "middle"  # the prompt layout for instructions (SPEC §7.3); "middle" = sandwich
     ctx_len: int = 2048
+    text_only_layout: str | None = None  # one of TEXT_ONLY_LAYOUTS; None: the version's own ("plain" for the v7 stack)
 
     def __post_init__(self):
         if isinstance(self.rwkv, dict):
@@ -55,10 +64,15 @@ class VisualRWKVConfig:
             raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {self.image_position!r}")
         if self.ctx_len <= 0:
             raise ValueError(f"ctx_len must be positive, got {self.ctx_len}")
+        if self.text_only_layout is None:
+            self.text_only_layout = "plain" if self.vision.kind == "stack" else "image-slot"
+        if self.text_only_layout not in TEXT_ONLY_LAYOUTS:
+            raise ValueError(f"text_only_layout must be one of {TEXT_ONLY_LAYOUTS}, got {self.text_only_layout!r}")
 
     def to_dict(self) -> dict:
         return {"rwkv": self.rwkv.to_dict(), "vision": self.vision.to_dict(), "projector": self.projector,
-                "scanning": self.scanning, "image_position": self.image_position, "ctx_len": self.ctx_len}
+                "scanning": self.scanning, "image_position": self.image_position, "ctx_len": self.ctx_len,
+                "text_only_layout": self.text_only_layout}
 
     @classmethod
     def from_dict(cls, d: dict) -> "VisualRWKVConfig":
@@ -73,6 +87,7 @@ class SplicedBatch:
     labels: Tensor | None  # [B, T], IGNORE_INDEX where nothing is supervised
     spans: list[list[ImageSpan]]  # per row: the patch span of every image, for scanning
     lengths: list[int] = field(default_factory=list)
+    unsupervised: list[int] = field(default_factory=list)  # rows with labels but none within ctx_len
 
 
 def sample_level_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -103,12 +118,18 @@ class VisualRWKV(nn.Module):
     def device(self) -> torch.device:
         return self.rwkv.device
 
+    @property
+    def text_only_positions(self) -> int:
+        """Positions before the text of a sequence that has no image: the image slot, or 0 (plain)."""
+        return self.vit.num_tokens if self.config.text_only_layout == "image-slot" else 0
+
     # ---- images ---------------------------------------------------------------------------
     def preprocess(self, images: Sequence) -> Tensor:
-        """Pixel values [N, ...] of images given as paths, bytes, file objects or PIL images."""
+        """Pixel values [N, ...] of images given as paths, bytes, file objects or PIL images; a tensor
+        is taken as pixel values already (e.g. `vit.blank_pixels()`, the official stand-in image)."""
         if not images:
             return torch.zeros((0, *self.vit.pixel_shape))
-        return torch.stack([self.vit.preprocess(image) for image in images])
+        return torch.stack([image if isinstance(image, Tensor) else self.vit.preprocess(image) for image in images])
 
     def encode_images(self, pixel_values: Tensor) -> Tensor:
         """Projected image vectors [N, num_tokens, C] in the LM's dtype."""
@@ -118,18 +139,22 @@ class VisualRWKV(nn.Module):
 
     # ---- splicing -------------------------------------------------------------------------
     def splice(self, input_ids: Sequence[Sequence[int]], image_embeds: Sequence[Tensor],
-               labels: Sequence[Sequence[int]] | None = None, ctx_len: int | None = None) -> SplicedBatch:
+               labels: Sequence[Sequence[int]] | None = None, ctx_len: int | None = None,
+               continuation: bool = False) -> SplicedBatch:
         """Replace each IMAGE_TOKEN_INDEX sentinel of row b by the next image of image_embeds[b].
 
-        image_embeds[b] is [n_images_b, num_tokens, C]. With ctx_len, each row is cut to its first
-        ctx_len positions if they hold a supervised label, else to its last ctx_len (SPEC §5.4); a
-        cut never splits an image: the window shrinks to the nearest image boundary.
+        image_embeds[b] is [n_images_b, num_tokens, C]. A row without a sentinel starts with the image
+        slot under the "image-slot" text-only layout, unless `continuation` (the rows carry on from a
+        state, whose sequence began earlier). With ctx_len, each row keeps its first ctx_len positions,
+        shrunk to the nearest image boundary so that no image is cut; a row that had labels but has
+        none in that window is kept unsupervised and listed in `unsupervised`. (The official code
+        then trains the last ctx_len positions instead: answers without their image, SPEC §5.4 step 6.)
         """
         if len(image_embeds) != len(input_ids) or (labels is not None and len(labels) != len(input_ids)):
             raise ValueError("input_ids, image_embeds and labels must have one entry per sample")
         lo, hi = self.vit.patch_span
         grid = tuple(self.vit.patch_grid)
-        rows, row_labels, row_spans = [], [], []
+        rows, row_labels, row_spans, unsupervised = [], [], [], []
         for b, ids in enumerate(input_ids):
             ids = list(ids)
             n_sentinels = sum(1 for t in ids if t == IMAGE_TOKEN_INDEX)
@@ -139,6 +164,9 @@ class VisualRWKV(nn.Module):
             lab = list(labels[b]) if labels is not None else [IGNORE_INDEX] * len(ids)
             if len(lab) != len(ids):
                 raise ValueError(f"sample {b}: {len(ids)} input ids but {len(lab)} labels")
+            if n_sentinels == 0 and self.text_only_positions and not continuation:
+                slot = torch.zeros(1, self.vit.num_tokens, self.config.rwkv.n_embd, device=self.device)
+                ids, lab, images = [IMAGE_TOKEN_INDEX] + ids, [IGNORE_INDEX] + lab, slot
             pieces, piece_labels, spans, extents, pos, text, text_labels, image_i = [], [], [], [], 0, [], [], 0
             for t, y in zip(ids + [None], lab + [None]):
                 if t is None or t == IMAGE_TOKEN_INDEX:
@@ -162,9 +190,12 @@ class VisualRWKV(nn.Module):
                 raise ValueError(f"sample {b} is empty")
             embeds = torch.cat(pieces).to(self.rwkv.dtype)
             if ctx_len is not None and embeds.shape[0] > ctx_len:
-                start, end = _truncation_window(piece_labels, extents, ctx_len)
-                embeds, piece_labels = embeds[start:end], piece_labels[start:end]
-                spans = [s.shifted(-start) for s, (a, z) in zip(spans, extents) if a >= start and z <= end]
+                end = _truncation_end(extents, ctx_len)
+                supervised = any(y != IGNORE_INDEX for y in piece_labels)
+                embeds, piece_labels = embeds[:end], piece_labels[:end]
+                spans = [s for s, (_, z) in zip(spans, extents) if z <= end]
+                if supervised and all(y == IGNORE_INDEX for y in piece_labels):
+                    unsupervised.append(b)
             rows.append(embeds)
             row_labels.append(piece_labels)
             row_spans.append(spans)
@@ -174,7 +205,8 @@ class VisualRWKV(nn.Module):
         label_tensor = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
         for b, lab in enumerate(row_labels):
             label_tensor[b, : len(lab)] = torch.tensor(lab, dtype=torch.long)
-        return SplicedBatch(embeds, label_tensor.to(self.device) if labels is not None else None, row_spans, lengths)
+        return SplicedBatch(embeds, label_tensor.to(self.device) if labels is not None else None, row_spans, lengths,
+                            unsupervised)
 
     # ---- the layer-wise forward -------------------------------------------------------------
     def hidden_states(self, x: Tensor, spans: list[list[ImageSpan]], state: RWKVState | None = None):
@@ -222,11 +254,13 @@ class VisualRWKV(nn.Module):
     # ---- inference --------------------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, input_ids: Sequence[int], images: Sequence = (), state: RWKVState | None = None):
-        """Run a prompt (ids with sentinels + its images) from `state`; returns (last logits [V], state)."""
+        """Run a prompt (ids with sentinels + its images) from `state`; returns (last logits [V], state).
+
+        Without a state the prompt begins a sequence, so a text-only one gets the text-only layout."""
         pixel_values = images if isinstance(images, Tensor) else self.preprocess(list(images))
         embeds = self.encode_images(pixel_values) if len(pixel_values) else \
             torch.zeros(0, self.vit.num_tokens, self.config.rwkv.n_embd, device=self.device)
-        batch = self.splice([input_ids], [embeds])
+        batch = self.splice([input_ids], [embeds], continuation=state is not None)
         logits, state = self.forward_embeds(batch.embeds, batch.spans, state, logits="last")
         return logits[0], state
 
@@ -317,19 +351,12 @@ def _load_strict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
 
 
-def _truncation_window(labels: list[int], extents: list[tuple[int, int]], ctx_len: int) -> tuple[int, int]:
-    """[start, end) of at most ctx_len positions: the head if it holds a label, else the tail;
-    moved to image boundaries so that no image is cut in half."""
-    n = len(labels)
-    start, end = 0, ctx_len
-    if all(y == IGNORE_INDEX for y in labels[:ctx_len]):
-        start, end = n - ctx_len, n
+def _truncation_end(extents: list[tuple[int, int]], ctx_len: int) -> int:
+    """The end of the kept head: ctx_len, moved back to the start of an image it would cut in half."""
     for a, z in extents:
-        if a < end < z:
-            end = a
-        if a < start < z:
-            start = z
-    return start, max(start, end)
+        if a < ctx_len < z:
+            return a
+    return ctx_len
 
 
 def portable_vision_config(encoder: nn.Module, config: VisionConfig) -> VisionConfig:
@@ -368,7 +395,7 @@ def import_official(path: str | os.PathLike) -> VisualRWKV:
     rwkv_config = config_from_state_dict(lm_sd)
     lm_sd = drop_ignored_keys(lm_sd, source)
     proj_sd = strip_prefix(sd, "proj.")
-    vit_sd = strip_prefix(sd, "vit.")
+    vit_sd = official_clip_keys(strip_prefix(sd, "vit."))  # also the transformers >= 5 `vit.embeddings.*` layout
     if not proj_sd:
         raise CheckpointError(f"{source}: no 'proj.' keys")
     if not any(k.startswith("vision_model.") for k in vit_sd):

@@ -4,7 +4,8 @@ A row is `{"id" | "sample_id", "image"?: "rel/path.jpg" | ["a.jpg", ...], "conve
 Rows are validated when the dataset is built (structure, roles, `<image>` count, image files exist;
 optionally a PIL verify of every image); images are decoded in `__getitem__`. A bad row raises a
 `DataError` naming the file, the row (JSON index or JSONL line) and the id, or, with
-`skip_bad_rows=True`, is dropped and counted per reason in `dataset.skipped`.
+`skip_bad_rows=True`, is dropped and counted per reason in `dataset.skipped`. A sample whose first
+ctx_len positions hold no label is always skipped and counted (`no_label_in_ctx_len`).
 
 What an item holds (the model splices and truncates again after inserting image features, §5.4):
 `input_ids` with one IMAGE_TOKEN_INDEX sentinel per image, `labels` masked per §7.6, `images` (one
@@ -42,7 +43,11 @@ REASONS = (
     "image_count_mismatch",  # number of <image> tags != number of image paths
     "missing_image",  # an image file that does not exist
     "corrupt_image",  # an image file that PIL cannot verify or decode
+    "no_label_in_ctx_len",  # no supervised token within the first ctx_len positions (always skipped)
 )
+# Skipped (and counted) even without skip_bad_rows: the row is fine, but ctx_len leaves nothing of it to
+# train. The official code trains its last ctx_len positions instead: answers without their image.
+ALWAYS_SKIPPED = ("no_label_in_ctx_len",)
 
 
 class DataError(ValueError):
@@ -214,12 +219,13 @@ def split_rounds(record: LlavaRecord, max_rounds: int) -> list[LlavaRecord]:
 
 
 def truncate_ids(
-    input_ids: list[int], labels: list[int], ctx_len: int, tokens_per_image: int = 1
+    input_ids: list[int], labels: list[int], ctx_len: int, tokens_per_image: int = 1, start: int = 0
 ) -> tuple[list[int], list[int]]:
     """Keep the FIRST positions that fit in ctx_len, counting each sentinel as `tokens_per_image`
-    positions (its spliced size), so the instruction stays complete. An image never gets cut: one
-    whose span would cross ctx_len is dropped with everything after it."""
-    used = 0
+    positions (its spliced size) and `start` positions before the first id (the model's text-only
+    image slot), so the instruction stays complete. An image never gets cut: one whose span would
+    cross ctx_len is dropped with everything after it."""
+    used = start
     for k, token in enumerate(input_ids):
         used += tokens_per_image if token == IMAGE_TOKEN_INDEX else 1
         if used > ctx_len:
@@ -237,6 +243,8 @@ class LlavaDataset(torch.utils.data.Dataset):
     `image_root`: where relative image paths start (default: the directory of each data file).
     `ctx_len`: keep the first ctx_len positions, a sentinel counting `tokens_per_image` (set it to the
     spliced image length, e.g. 577 for CLIP-L/336, for a text budget of ctx_len − 577).
+    `text_only_positions`: what the model puts before the text of a sample without an image
+    (`VisualRWKV.text_only_positions`: the image slot under the v6.0 layout, else 0).
     `load_image(path) -> PIL.Image` and `preprocess(PIL) -> Tensor` are the vision layer's hooks; they
     must be picklable (module-level functions) for DataLoader workers.
     """
@@ -250,6 +258,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         image_position: str = "middle",
         ctx_len: int | None = None,
         tokens_per_image: int = 1,
+        text_only_positions: int = 0,
         max_rounds: int | None = None,
         skip_bad_rows: bool = False,
         verify_images: bool = False,
@@ -266,7 +275,10 @@ class LlavaDataset(torch.utils.data.Dataset):
             raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
         self._tokenizer = tokenizer
         self.image_position = image_position
+        if text_only_positions < 0:
+            raise ValueError(f"text_only_positions must be >= 0, got {text_only_positions}")
         self.ctx_len, self.tokens_per_image, self.max_rounds = ctx_len, tokens_per_image, max_rounds
+        self.text_only_positions = text_only_positions
         self.skip_bad_rows, self.verify_images = skip_bad_rows, verify_images
         self.load_image, self.preprocess = load_image, preprocess
         self.skipped: Counter[str] = Counter()  # reason -> rows skipped (build time + this process's reads)
@@ -309,7 +321,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             raise e.at(location, None if sample_id is None else str(sample_id)) from None
 
     def _skip_or_raise(self, error: DataError) -> None:
-        if not self.skip_bad_rows:
+        if not (self.skip_bad_rows or error.reason in ALWAYS_SKIPPED):
             raise error
         self.skipped[error.reason] += 1
         examples = self.skip_examples.setdefault(error.reason, [])
@@ -345,7 +357,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         good enough for length-grouped batching without tokenizing everything up front."""
         per_image = self.tokens_per_image
         return [
-            sum(len(value) for _, value in r.turns) // 4 + 4 * len(r.turns) + per_image * len(r.image_paths)
+            sum(len(value) for _, value in r.turns) // 4 + 4 * len(r.turns)
+            + (per_image * len(r.image_paths) or self.text_only_positions)
             for r in self.records
         ]
 
@@ -364,7 +377,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             try:
                 item = self._build(self.records[j])
             except DataError as e:
-                if not self.skip_bad_rows:
+                if not (self.skip_bad_rows or e.reason in ALWAYS_SKIPPED):
                     raise
                 self._bad_indices.add(j)
                 self._skip_or_raise(e)
@@ -373,7 +386,9 @@ class LlavaDataset(torch.utils.data.Dataset):
                 continue
             item["skipped"] = replaced
             return item
-        raise DataError("corrupt_image", "no sample could be loaded", "dataset", None)
+        reasons = ", ".join(sorted(self.skipped))
+        raise DataError(next(iter(self.skipped), "corrupt_image"), f"no sample could be loaded (skipped: {reasons})",
+                        "dataset", None)
 
     def _build(self, record: LlavaRecord) -> dict:
         try:
@@ -384,7 +399,12 @@ class LlavaDataset(torch.utils.data.Dataset):
             raise DataError("malformed", str(e), record.location, record.sample_id) from None
         input_ids, labels = sample.input_ids, sample.labels
         if self.ctx_len is not None:
-            input_ids, labels = truncate_ids(input_ids, labels, self.ctx_len, self.tokens_per_image)
+            start = 0 if record.image_paths else self.text_only_positions
+            input_ids, labels = truncate_ids(input_ids, labels, self.ctx_len, self.tokens_per_image, start)
+            if all(y == IGNORE_INDEX for y in labels):
+                raise DataError("no_label_in_ctx_len", f"no answer token within the first {self.ctx_len} positions "
+                                "(an answer is never trained without its image): raise ctx_len or shorten the sample",
+                                record.location, record.sample_id)
         kept = sum(1 for t in input_ids if t == IMAGE_TOKEN_INDEX)  # images cut off by ctx_len are not loaded
         images = [self._image(record, path) for path in record.image_paths[:kept]]
         return {

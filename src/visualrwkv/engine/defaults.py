@@ -15,9 +15,11 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 
 
 def load_model(path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu", compile: bool = False) -> VisualRWKV:
+               device: str | torch.device = "cpu", compile: bool = False,
+               text_only_layout: str | None = None) -> VisualRWKV:
     """The model at `path` (a visualrwkv directory or an official checkpoint), else the shipped default;
-    `compile`: decode with torch.compile where the compiled CPU step does not apply (`RWKV.compile_step`)."""
+    `compile`: decode with torch.compile where the compiled CPU step does not apply (`RWKV.compile_step`);
+    `text_only_layout`: overrides the model config's layout of prompts without an image."""
     device = check_device(device)  # before the (slow) load
     if path is None:
         if not (DEFAULT_MODEL_DIR / CONFIG_NAME).is_file():
@@ -28,6 +30,9 @@ def load_model(path: str | os.PathLike | None = None, *, dtype: torch.dtype = to
     if not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} {why_missing(path)}")
     model = VisualRWKV.from_pretrained(path, dtype=dtype, device=device)
+    if text_only_layout is not None:
+        model.config.text_only_layout = text_only_layout
+        model.config.__post_init__()  # validates the name
     model.rwkv.use_gemv_layout()  # inference only: decoding streams input-major weights faster
     if compile:
         model.rwkv.compile_step()

@@ -362,8 +362,15 @@ class Engine:
                                  image_position=self.model.config.image_position)
 
     def count_prompt_tokens(self, prompt: ChatPrompt) -> int:
-        """Positions the prompt occupies: text tokens plus the image vectors."""
-        return _positions(prompt.ids, self.model.vit.num_tokens)
+        """Positions the prompt occupies: text tokens plus the image vectors (or the text-only image slot)."""
+        return self._prompt_positions(prompt, len(prompt.ids))
+
+    def _prompt_positions(self, prompt: ChatPrompt, n_ids: int) -> int:
+        """Positions of the first n_ids ids; a text-only prompt begins with the model's text-only slot."""
+        if not n_ids:
+            return 0
+        slot = self.model.text_only_positions if prompt.image is None else 0
+        return slot + _positions(prompt.ids[:n_ids], self.model.vit.num_tokens)
 
     def submit(self, prompt: ChatPrompt, params: SamplingParams | None = None) -> RequestHandle:
         params = SamplingParams() if params is None else params
@@ -464,7 +471,7 @@ class Engine:
                 entry = self._cache.get(keys[b])
                 if entry is not None:
                     job.state, job.logits = entry.state, entry.logits
-                    job.cached = _positions(ids[:b], self.model.vit.num_tokens)
+                    job.cached = self._prompt_positions(prompt, b)
                     job.chunks.extend(plan_chunks(ids, b, points, self.model.vit.num_tokens, self.prefill_chunk))
                     break
             else:
@@ -508,7 +515,7 @@ class Engine:
         job.logits, job.state = self.model.prefill(segment, images, job.state)
         if end in job.keys:
             self._cache.put(job.keys[end], _PrefixEntry(job.state, job.logits))
-        n = _positions(segment, self.model.vit.num_tokens)
+        n = self._prompt_positions(prompt, end) - self._prompt_positions(prompt, start)
         job.remaining -= n
         return n
 

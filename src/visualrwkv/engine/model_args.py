@@ -7,6 +7,7 @@ Dtype names are torch's, as in `visualrwkv convert --dtype` and `bench vlm --dty
 from __future__ import annotations
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+TEXT_ONLY_LAYOUTS = ("image-slot", "plain")  # = visualrwkv.model.TEXT_ONLY_LAYOUTS (no torch import here)
 
 
 def add_model_arguments(p, what: str = "model directory or official checkpoint") -> None:
@@ -18,6 +19,10 @@ def add_model_arguments(p, what: str = "model directory or official checkpoint")
     p.add_argument("--compile", action="store_true",
                    help="decode with torch.compile where the compiled CPU step does not apply (a GPU, more than "
                         "16 rows, float16); compiles on first use, falls back to eager with a warning")
+    p.add_argument("--text-only-layout", choices=TEXT_ONLY_LAYOUTS,
+                   help="prompts without an image: image-slot = the official v6.0 layout (the image's place holds "
+                        "zero vectors, scanned like an image; what the released v6.0 models were trained with), "
+                        "plain = the text alone (default: the model config's; image-slot for v6.0 models)")
 
 
 def torch_dtype(name: str):
@@ -29,4 +34,5 @@ def torch_dtype(name: str):
 def load_model_from_args(args):
     from .defaults import load_model
 
-    return load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device, compile=args.compile)
+    return load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device, compile=args.compile,
+                      text_only_layout=getattr(args, "text_only_layout", None))

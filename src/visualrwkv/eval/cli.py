@@ -71,6 +71,10 @@ def add_run_arguments(p, task_names, required: bool) -> None:
     p.add_argument("--restart", action="store_true",
                    help="answer every question again, discarding predictions already in --out (by default a run "
                         "resumes them, and refuses a --out that holds another model's, dtype's, task's or prompt's)")
+    p.add_argument("--imageless", choices=("text-only", "blank-image"), default="text-only",
+                   help="questions without an image: text-only = a text prompt in the model's text-only layout "
+                        "(what the official v6.0 evaluate.py does for ScienceQA), blank-image = an all-zero pixel "
+                        "tensor encoded as the image (what it does for `text` question lines without an image)")
 
 
 def run_run(args) -> int:
@@ -85,7 +89,8 @@ def run_run(args) -> int:
     out = args.out or f"runs/eval/{args.task}"
     result = run_eval(args.task, args.data, out, model=load_model_from_args(args), model_path=args.model,
                       split=args.split, variant=args.variant, prompt=args.prompt, limit=args.limit,
-                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, restart=args.restart)
+                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, restart=args.restart,
+                      imageless=args.imageless)
     print(render_markdown([result]), end="")
     print(f"predictions and results in {out}")
     return 0

@@ -57,7 +57,7 @@ def _spread(n: int, k: int, device):
 
 
 def run_provenance(model, *, task: str, split: str, prompt: str, max_new_tokens: int,
-                   model_path: str | None) -> dict:
+                   model_path: str | None, imageless: str = "text-only") -> dict:
     """The record for an `eval run` answering `task` with `model` (greedy decoding)."""
     dtype = next((p.dtype for p in model.parameters()), None)
     return {
@@ -68,6 +68,7 @@ def run_provenance(model, *, task: str, split: str, prompt: str, max_new_tokens:
         "dtype": str(dtype).removeprefix("torch."),
         "decoding": "greedy",
         "max_new_tokens": max_new_tokens,
+        "imageless": imageless,
         "model_path": model_path or "(default)",
         "visualrwkv": __version__,
     }

@@ -6,6 +6,15 @@ dropped. The file's first line records what produced it (`eval.provenance`); a f
 (model, dtype, task, split, prompt style, answer length) is refused rather than resumed, unless
 `restart`. Under torchrun each rank answers its own shard into its own file; rank 0 merges and scores.
 Generation is greedy through the batching engine (no penalties: the scores are the model's own).
+
+Questions without an image (ScienceQA's text problems) are asked one of two ways (`imageless`):
+- "text-only" (default): a text prompt, laid out as the model config says (v6.0: the image slot of
+  zero vectors, which is what the official v6.0 `evaluate.py` does for ScienceQA: its questions come
+  as `conversations` whose text has no `<image>`, so the encoded stand-in image is zeroed);
+- "blank-image": what the official `evaluate.py` does for questions given as `text` lines without an
+  `image`: `<image>\n` is put before the question and an all-zero pixel tensor (crop size, i.e.
+  3×336×336 for CLIP-L/336, zero after normalisation, so the mean colour) goes through the encoder
+  and the projector as a real image.
 """
 
 from __future__ import annotations
@@ -78,18 +87,33 @@ def _resume(path: Path, provenance: dict, restart: bool) -> set[tuple[str, int]]
     return set()
 
 
+IMAGELESS = ("text-only", "blank-image")
+BLANK_DIGEST = b"blank-pixels"  # names the stand-in image in the prefix cache
+
+
+def _prompt_inputs(item: EvalItem, model, imageless: str) -> tuple[str, object]:
+    """(human turn text, ImageInput or None) for one question."""
+    from ..engine.engine import ImageInput
+    from .tasks.common import with_image
+
+    if item.image is None:
+        if imageless == "blank-image":
+            return with_image(item.text), ImageInput(model.vit.blank_pixels()[0], BLANK_DIGEST)
+        return item.text, None
+    return item.text, _image_input(item)
+
+
 def _image_input(item: EvalItem):
     from ..engine.engine import ImageInput
 
-    if item.image is None:
-        return None
     if isinstance(item.image, (bytes, bytearray)):
         return ImageInput.from_bytes(bytes(item.image))
     return ImageInput.from_path(item.image)
 
 
 def answer_items(model, items: list[EvalItem], out_path: Path, provenance: dict, *, restart: bool = False,
-                 batch_size: int = 16, max_new_tokens: int = 64, progress: bool = True) -> int:
+                 batch_size: int = 16, max_new_tokens: int = 64, progress: bool = True,
+                 imageless: str = "text-only") -> int:
     """Append a prediction line for every item not yet in `out_path`; returns how many were answered now.
 
     `provenance` (see `eval.provenance`) is this run's record: a file holding another run's answers is refused,
@@ -97,6 +121,9 @@ def answer_items(model, items: list[EvalItem], out_path: Path, provenance: dict,
     """
     from ..engine.engine import Engine
     from .predictions import prediction_record
+
+    if imageless not in IMAGELESS:
+        raise ValueError(f"imageless must be one of {IMAGELESS}, got {imageless!r}")
 
     done = _resume(out_path, provenance, restart)
     todo = [item for item in items if item.key not in done]
@@ -117,7 +144,7 @@ def answer_items(model, items: list[EvalItem], out_path: Path, provenance: dict,
             handles = []
             for item in chunk:
                 try:
-                    prompt = engine.build_prompt(item.text, _image_input(item))
+                    prompt = engine.build_prompt(*_prompt_inputs(item, model, imageless))
                 except ValueError as e:
                     raise EvalDataError(f"question {item.question_id}: {e}") from e
                 handles.append(engine.submit(prompt, params))
@@ -135,7 +162,8 @@ def answer_items(model, items: list[EvalItem], out_path: Path, provenance: dict,
 
 def run_eval(task: str, data_dir: str | Path, out_dir: str | Path, model=None, model_path: str | None = None, *,
              split: str | None = None, variant: str | None = None, prompt: str | None = None, limit: int | None = None,
-             batch_size: int = 16, max_new_tokens: int = 64, progress: bool = True, restart: bool = False):
+             batch_size: int = 16, max_new_tokens: int = 64, progress: bool = True, restart: bool = False,
+             imageless: str = "text-only"):
     """Answer (resuming) and score; returns the EvalResult and writes results.{md,json} into out_dir.
 
     `restart`: answer everything again even if out_dir holds predictions (of this run or of another)."""
@@ -157,11 +185,11 @@ def run_eval(task: str, data_dir: str | Path, out_dir: str | Path, model=None, m
     spec = get_task(task)
     provenance = run_provenance(model, task=task, split=_choose(split, spec.splits, "split", task),
                                 prompt=_choose(prompt, spec.prompts, "prompt style", task),
-                                max_new_tokens=max_new_tokens, model_path=model_path)
+                                max_new_tokens=max_new_tokens, model_path=model_path, imageless=imageless)
     merged = out_dir / "predictions.jsonl"
     mine = merged if world == 1 else out_dir / f"predictions.rank{rank}.jsonl"
     answer_items(model, items[rank::world], mine, provenance, restart=restart, batch_size=batch_size,
-                 max_new_tokens=max_new_tokens, progress=progress and rank == 0)
+                 max_new_tokens=max_new_tokens, progress=progress and rank == 0, imageless=imageless)
     if world > 1:
         dist.barrier()
         if rank == 0:

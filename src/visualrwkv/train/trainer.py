@@ -158,7 +158,8 @@ class Trainer:
         image_root = cfg.image_root or str(Path(cfg.data).parent)
         self.dataset = LlavaDataset(cfg.data, image_root, tokenizer=self.model.tokenizer,
                                     image_position=cfg.image_position, ctx_len=cfg.ctx_len,
-                                    tokens_per_image=self.model.vit.num_tokens, max_rounds=cfg.max_rounds or None,
+                                    tokens_per_image=self.model.vit.num_tokens,
+                                    text_only_positions=self.model.text_only_positions, max_rounds=cfg.max_rounds or None,
                                     skip_bad_rows=cfg.skip_bad_rows, preprocess=self.model.vit.preprocess)
         self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed, rank=self.dist.rank,
                                     world_size=self.dist.world_size,
@@ -297,6 +298,7 @@ class Trainer:
             progress = tqdm(total=self.total_steps, initial=self.step, desc=Path(cfg.out_dir).name, dynamic_ncols=True)
         writer = _tensorboard(self.out_dir) if cfg.tensorboard and self.dist.is_main else None
         t_start, tokens = time.perf_counter(), 0
+        skipped = 0  # samples replaced since the last metrics line (bad rows, no label within ctx_len)
         while self.step < self.total_steps:
             lr = lr_at(self.step, self.total_steps, cfg)
             for group in self.optimizer.param_groups:  # every group, decayed or not (SPEC §8.3 quirk 1)
@@ -320,6 +322,7 @@ class Trainer:
                 loss.backward()
                 loss_sum += per_sample.detach().sum().item()
                 tokens += int(batch["lengths"].sum())
+                skipped += len(batch["skipped"])
             _, self.epoch, self.consumed = fetched[-1]
             grad_norm = None
             if cfg.grad_clip > 0:
@@ -336,7 +339,8 @@ class Trainer:
                 progress.update(1)
             if self.dist.is_main and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
                 record = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
-                          "samples": self.samples_seen, "elapsed_s": time.perf_counter() - t_start}
+                          "samples": self.samples_seen, "skipped": skipped, "elapsed_s": time.perf_counter() - t_start}
+                skipped = 0
                 with open(self.metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 if writer is not None:

@@ -211,7 +211,9 @@ def clip_config_from_state_dict(
     Shapes cannot tell the head count or the activation: heads default to hidden/64 (every
     OpenAI CLIP), the activation to quick_gelu.
     """
-    state_dict = {k[len("vit.") :] if k.startswith("vit.") else k: v for k, v in state_dict.items()}
+    from .hf_encoders import official_clip_keys
+
+    state_dict = official_clip_keys({k[len("vit.") :] if k.startswith("vit.") else k: v for k, v in state_dict.items()})
     prefix = "vision_model."
     try:
         hidden = state_dict[prefix + "embeddings.class_embedding"].shape[0]

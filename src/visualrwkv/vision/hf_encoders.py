@@ -109,6 +109,7 @@ class ClipEncoder(_HFEncoder):
         keys = list(state_dict)
         if keys and all(k.startswith("vit.") for k in keys):
             state_dict = {k[len("vit.") :]: v for k, v in state_dict.items()}
+        state_dict = official_clip_keys(state_dict)
         own_keys = set(self.vision_model.state_dict())
         nested = any(k.startswith("vision_model.") for k in own_keys)  # transformers 4.x layout
         mapped = {}
@@ -139,6 +140,24 @@ def _first(keys: list[str], count: int = 8) -> str:
 
 def _to_official_clip_key(key: str) -> str:
     return key if key.startswith("vision_model.") else "vision_model." + key
+
+
+# The children of HF CLIPVisionTransformer. transformers 4.x nests them under `vision_model.` inside
+# CLIPVisionModel; transformers >= 5 puts them at the top, so the official training code run under
+# transformers 5 writes `vit.embeddings.*` where the released checkpoints have `vit.vision_model.embeddings.*`.
+_CLIP_VISION_CHILDREN = ("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")
+
+
+def official_clip_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CLIP weights (keys relative to `vit.`) in the released `vision_model.*` layout, whichever
+    transformers version wrote them; other keys are left as they are (the loader rejects them)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        name = "vision_model." + key if key.startswith(_CLIP_VISION_CHILDREN) else key
+        if name in out:
+            raise ValueError(f"CLIP weight {name!r} appears in both key layouts ({key!r} and its 'vision_model.' form)")
+        out[name] = value
+    return out
 
 
 class SiglipEncoder(_HFEncoder):
