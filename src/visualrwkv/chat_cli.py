@@ -15,7 +15,7 @@ CHAT_HELP = "commands: /image PATH (new conversation about another image), /rese
 def add_sampling_arguments(p) -> None:
     """The sampling flags shared by the commands that generate (defaults: SamplingParams')."""
     from visualrwkv.engine.model_args import add_model_arguments
-    from visualrwkv.engine.sampling import SamplingParams
+    from visualrwkv.engine.params import SamplingParams
 
     d = SamplingParams()
     add_model_arguments(p)
@@ -33,7 +33,7 @@ def add_sampling_arguments(p) -> None:
 
 
 def sampling_params_from_args(args):
-    from visualrwkv.engine.sampling import SamplingParams
+    from visualrwkv.engine.params import SamplingParams
 
     extra = {} if args.stop is None else {"stop": [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]}
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 SHIPPED_MODELS = {"tiny": Path(__file__).resolve().parent / "assets" / "tiny"}
 TINY_MODEL = SHIPPED_MODELS["tiny"]  # the shipped tiny model's directory (also `visualrwkv.TINY_MODEL`)
@@ -37,7 +37,8 @@ class HubId:
     filename: str | None = None  # one checkpoint file in the repo; None: the repo is a model directory
 
     def __str__(self) -> str:
-        return self.repo_id + (f"@{self.revision}" if self.revision else "") + (f"/{self.filename}" if self.filename else "")
+        revision = quote(self.revision, safe="") if self.revision else None
+        return self.repo_id + (f"@{revision}" if revision else "") + (f"/{self.filename}" if self.filename else "")
 
 
 def parse_hub_id(text: str) -> HubId | None:
@@ -52,6 +53,31 @@ def parse_hub_id(text: str) -> HubId | None:
 def default_model() -> str:
     """The model a command uses without --model: $VISUALRWKV_MODEL, else the shipped tiny model."""
     return os.environ.get(MODEL_ENV) or "tiny"
+
+
+# folder names a training run gives its results, which say nothing about the model
+_GENERIC_NAMES = {"final", "model", "models", "checkpoint", "snapshot", "snapshots", "weights", ""}
+
+
+def readable_name(name: str | os.PathLike) -> str:
+    """A name for a model that a person recognises, as a server reports it (vLLM's default served
+    name): "visualrwkv-tiny"; a Hub id as written, without the revision; a file's stem; a folder's
+    name, or its parent's where the folder is a run's "final" (runs/finetune/final → "finetune")."""
+    text = os.fspath(name)
+    if text in SHIPPED_MODELS:
+        return f"visualrwkv-{text}"
+    local = Path(text).expanduser()
+    if not local.exists() and (hub := parse_hub_id(text)) is not None:
+        return hub.repo_id + (f"/{hub.filename.rsplit('/', 1)[-1].removesuffix('.pth')}" if hub.filename else "")
+    local = local.resolve()
+    if local == SHIPPED_MODELS["tiny"]:
+        return "visualrwkv-tiny"
+    if local.is_file():
+        return local.stem.removesuffix("_rwkv").removesuffix("_visual") or "visualrwkv"
+    for part in (local, *local.parents):
+        if part.name.lower() not in _GENERIC_NAMES and not part.name.startswith("step-"):
+            return part.name
+    return "visualrwkv"
 
 
 def hub_cache_dir() -> Path:

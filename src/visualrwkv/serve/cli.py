@@ -9,6 +9,9 @@ def _add_engine_arguments(p) -> None:
     from visualrwkv.engine.model_args import add_model_arguments
 
     add_model_arguments(p)
+    p.add_argument("--served-model-name", metavar="NAME",
+                   help="the model's name in the API (GET /v1/models, the requests' `model`); default: a readable "
+                        "name from --model, e.g. visualrwkv-tiny, org/name, or a run's folder for runs/NAME/final")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--max-batch-size", type=int, default=32, help="requests decoded together (default 32)")
     p.add_argument("--max-prompt-tokens", type=int, default=4096,
@@ -47,8 +50,10 @@ def build_engine(args):
     for name in ("max_batch_size", "max_prompt_tokens", "max_new_tokens", "cache_mb", "port"):
         if getattr(args, name) < (0 if name == "cache_mb" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.served_model_name is not None and not args.served_model_name.strip():
+        raise ValueError("--served-model-name must not be empty")
     model = load_model_from_args(args)
-    return Engine(model, model_id=model_name(args.model), max_batch_size=args.max_batch_size,
+    return Engine(model, model_id=args.served_model_name or model_name(args.model), max_batch_size=args.max_batch_size,
                   cache_bytes=args.cache_mb * 1024 * 1024, max_prompt_tokens=args.max_prompt_tokens,
                   max_new_tokens=args.max_new_tokens)
 

@@ -32,7 +32,7 @@ class TrainConfig:
     task: str = opt("vlm", "vlm: train VisualRWKV on conversations; vision_shapes: pretrain the tiny encoder",
                     group="data")
     data: str = opt("", "LLaVA conversation data: a JSON list or JSONL file", group="data")
-    image_root: str = opt("", "image paths in the data are relative to this folder (default: the data file's)",
+    image_root: str = opt("", "image paths in the data are relative to this folder (empty: the data file's folder)",
                           group="data")
     image_position: str = opt("middle", "where the image goes in the prompt: first, last or middle (the "
                               "sandwich: before and after the question)", group="data")
