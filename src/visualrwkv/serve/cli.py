@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models",
         description="OpenAI-compatible API. Images go in the first user message as base64 data: URIs (one per "
-                    "conversation); system messages are ignored (the model has no system prompt); omitted "
+                    "conversation); system messages are refused (the model has no system prompt); omitted "
                     "sampling fields take the RWKV defaults (top_p 0.85, penalties 0.2).")
     _add_engine_arguments(p)
     p.add_argument("--port", type=int, default=8000)
