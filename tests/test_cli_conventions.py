@@ -93,3 +93,18 @@ def test_served_model_name(tiny_vlm_dir, monkeypatch):
     monkeypatch.setenv("VISUALRWKV_MODEL", str(tiny_vlm_dir))  # the default model, from the environment
     with build_engine(build_parser("serve").parse_args(["serve"])) as engine:
         assert engine.model_id == "tiny-vlm"
+
+
+def test_eval_help_shows_the_working_forms_and_heldout_prints_all_once(capsys):
+    from visualrwkv.eval.heldout import HeldoutResult
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = capsys.readouterr().out
+    assert "visualrwkv eval --task pope --data DIR" in text and "visualrwkv eval score --task" in text
+    untyped = HeldoutResult(0.5, 4, {"all": {"accuracy": 0.5, "correct": 2, "total": 4}})
+    assert untyped.markdown().splitlines()[2:] == ["| **all** | **50.0%** | 2 / 4 |"]
+    typed = HeldoutResult(0.75, 4, {"color": {"accuracy": 1.0, "correct": 2, "total": 2},
+                                    "count": {"accuracy": 0.5, "correct": 1, "total": 2}})
+    assert typed.markdown().splitlines()[2:] == ["| color | 100.0% | 2 / 2 |", "| count | 50.0% | 1 / 2 |",
+                                                 "| **all** | **75.0%** | 3 / 4 |"]
