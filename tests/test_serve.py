@@ -349,3 +349,41 @@ def test_plain_completions_with_the_official_client(tiny_vlm, engine, client):
     ok = client.chat.completions.create(model=MODEL, messages=[user("hi")], max_tokens=2,
                                         response_format={"type": "text"})
     assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def scrape(server) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_in_the_prometheus_format_and_one_access_line_per_request(server, client, caplog):
+    import logging
+
+    before = scrape(server)
+    with caplog.at_level(logging.INFO, logger="visualrwkv.access"):
+        r = client.chat.completions.create(model=MODEL, messages=[user("hi", png_bytes())], max_tokens=3)
+        list(client.chat.completions.create(model=MODEL, messages=[user("hi")], max_tokens=3, stream=True))
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model=MODEL, messages=[user("hi")], logit_bias={"1": 1})
+    after = scrape(server)
+
+    def grew(name, labels=()):
+        key = (name, tuple(sorted(labels)))
+        return after.get(key, 0) - before.get(key, 0)
+
+    route = ("route", "/v1/chat/completions")
+    assert grew("visualrwkv_requests_total", [route, ("status", "200")]) == 2
+    assert grew("visualrwkv_requests_total", [route, ("status", "400")]) == 1
+    assert grew("visualrwkv_completion_tokens_total") >= r.usage.completion_tokens + 1
+    assert grew("visualrwkv_prompt_tokens_total") >= r.usage.prompt_tokens
+    assert grew("visualrwkv_request_latency_seconds_count", [route]) == 2
+    assert grew("visualrwkv_time_to_first_token_seconds_count", [route]) == 1  # the streamed one
+    assert after[("visualrwkv_waiting", ())] == 0 and ("visualrwkv_cache_hits_total", ()) in after
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "visualrwkv.access"]
+    assert len(lines) == 3
+    assert lines[0].startswith(f"/v1/chat/completions 200 prompt_tokens={r.usage.prompt_tokens} ")
+    assert f"completion_tokens={r.usage.completion_tokens} " in lines[0] and "latency=" in lines[0]
+    assert lines[2].startswith("/v1/chat/completions 400 error=")

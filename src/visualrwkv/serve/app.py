@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API over the batching engine (FastAPI).
 
 Routes: `POST /v1/chat/completions` (streaming SSE or not; see `requests.py` for what a request may
-hold), `POST /v1/completions` (plain text continued as it is, no chat template), `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`. With an API key, `/v1/*` needs
+hold), `POST /v1/completions` (plain text continued as it is, no chat template), `GET /v1/models`,
+`GET /metrics` (Prometheus; see metrics.py, which also writes the access log), `GET /v1/models/{id}`, `GET /health`. With an API key, `/v1/*` needs
 `Authorization: Bearer <key>`. Every error is a 4xx/5xx JSON body in the OpenAI shape. Request work
 that costs CPU (image decoding, tokenization) runs in worker threads; the engine's own thread runs
 the model, so the event loop stays free to serve many concurrent connections.
@@ -17,12 +18,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from visualrwkv.engine.engine import ChatPrompt, Engine, EngineBusyError, EngineClosedError, GenerationResult
 from visualrwkv.serve.errors import APIError, error_body
+from visualrwkv.serve.metrics import Metrics
 from visualrwkv.serve.requests import Limits, parse_chat_request, parse_completion_request
 
 
@@ -46,9 +48,11 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
             await run_in_threadpool(engine.close, settings.shutdown_timeout)
 
     app = FastAPI(title="visualrwkv", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = Metrics(engine)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
+        metrics.failed(request.url.path, exc.status, exc.message)
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
@@ -81,6 +85,11 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
         stats = engine.stats()
         return {"status": "ok", "model": settings.model_name, "running": stats.running, "waiting": stats.waiting}
 
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        content, media_type = metrics.render()
+        return Response(content, media_type=media_type)
+
     @app.get("/v1/models")
     async def list_models(request: Request):
         authorize(request)
@@ -104,16 +113,20 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
         except EngineClosedError as e:
             raise APIError(503, str(e)) from None
 
-    async def respond(handle, request, kind: str, choice):
+    async def respond(handle, request, kind: str, choice, route: str, start: float):
         """The response to a submitted request: SSE chunks, or the whole answer once it is done."""
         completion_id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + secrets.token_hex(12)
         if request.stream:
-            return StreamingResponse(_sse(handle, request.include_usage, completion_id, settings.model_name, kind),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            def done(first_token, result):
+                metrics.finished(route, start, first_token, result)
+
+            return StreamingResponse(_sse(handle, request.include_usage, completion_id, settings.model_name, kind,
+                                          done), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
             result = await handle.aresult()
         except EngineClosedError as e:
             raise APIError(503, str(e)) from None
+        metrics.finished(route, start, None, result)
         return {"id": completion_id, "object": kind, "created": int(time.time()), "model": settings.model_name,
                 "system_fingerprint": None, "choices": [{**choice(result.text), "finish_reason": result.finish_reason,
                                                          "logprobs": None}],
@@ -121,6 +134,7 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        start = time.perf_counter()
         authorize(request)
         body = await _read_json(request, settings.max_body_bytes)
         chat = await run_in_threadpool(parse_chat_request, body, settings.model_name, settings.limits)
@@ -130,16 +144,19 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
             raise APIError(400, str(e), "messages") from None
         handle = submit(prompt, chat.params, "messages")
         return await respond(handle, chat, "chat.completion",
-                             lambda text: {"index": 0, "message": {"role": "assistant", "content": text}})
+                             lambda text: {"index": 0, "message": {"role": "assistant", "content": text}},
+                             "/v1/chat/completions", start)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        start = time.perf_counter()
         authorize(request)
         body = await _read_json(request, settings.max_body_bytes)
         plain = parse_completion_request(body, settings.model_name)
         ids = await run_in_threadpool(engine.tokenizer.encode, plain.prompt)
         handle = submit(ChatPrompt(ids, None, []), plain.params, "prompt")
-        return await respond(handle, plain, "text_completion", lambda text: {"index": 0, "text": text})
+        return await respond(handle, plain, "text_completion", lambda text: {"index": 0, "text": text},
+                             "/v1/completions", start)
 
     return app
 
@@ -170,7 +187,7 @@ def _usage(result: GenerationResult) -> dict:
             "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
 
 
-async def _sse(handle, include_usage: bool, completion_id: str, model: str, kind: str):
+async def _sse(handle, include_usage: bool, completion_id: str, model: str, kind: str, done):
     """OpenAI chunks: (chat: the role,) the content deltas, the finish reason, optionally usage, then [DONE]."""
     created = int(time.time())
     chat = kind == "chat.completion"
@@ -189,10 +206,13 @@ async def _sse(handle, include_usage: bool, completion_id: str, model: str, kind
     try:
         if chat:
             yield event(delta({"role": "assistant", "content": ""}))
+        first_token = None
         try:
             async for text in handle:
+                first_token = first_token or time.perf_counter()
                 yield event(delta({"content": text} if chat else text))
             result = handle.result(timeout=0)
+            done(first_token, result)
             yield event(delta({} if chat else "", result.finish_reason))
             if include_usage:
                 yield event([], usage=_usage(result))

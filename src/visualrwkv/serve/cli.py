@@ -71,12 +71,24 @@ def run_serve(args) -> int:
     settings = ServerSettings(engine.model_id, api_key=args.api_key or None,
                               max_body_bytes=int(args.max_body_mb * 1024 * 1024), limits=limits)
     app = create_app(engine, settings)
+    _log_access_to_stderr()
     print(f"serving {engine.model_id} on http://{args.host}:{args.port}/v1 "
           f"({'API key required' if settings.api_key else 'no API key'})", flush=True)
     # on Ctrl-C uvicorn stops accepting, lets in-flight requests finish (up to the timeout), then
     # runs the app's shutdown, which closes the engine
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
     return 0
+
+
+def _log_access_to_stderr() -> None:
+    """One line per request (visualrwkv.serve.metrics), beside uvicorn's own log."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s access: %(message)s"))
+    log = logging.getLogger("visualrwkv.access")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def run_webui(args) -> int:
