@@ -96,7 +96,7 @@ def test_save_pretrained_round_trip_and_convert_cli(official, tmp_path):
     ids, pixels = prompt_and_image()
     with torch.no_grad():
         assert torch.equal(original.prefill(ids, pixels)[0], converted.prefill(ids, pixels)[0])
-    assert sorted(p.name for p in (tmp_path / "converted").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "converted").iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
 
 def test_mismatches_are_named(official, tmp_path):

@@ -136,7 +136,7 @@ def test_non_streaming_answer_and_usage(tiny_vlm, client):
 
 
 def test_streaming_matches_non_streaming(client, server):
-    messages = [{"role": "system", "content": "ignored"}, user("How many shapes?", png_bytes((10, 200, 30)))]
+    messages = [{"role": "system", "content": ""}, user("How many shapes?", png_bytes((10, 200, 30)))]
     whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, seed=5, temperature=0.8)
     chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, seed=5,
                                                  temperature=0.8, stream=True,
@@ -231,6 +231,17 @@ BAD_REQUESTS = {
     "two images": (lambda: {"model": MODEL, "messages": [user("a", png_bytes()), {"role": "assistant", "content": "b"},
                                                          user("c", png_bytes())]}, 400, "one image per conversation"),
     "oversized body": (lambda: {"model": MODEL, "messages": [user("x" * 3_000_000)]}, 413, "above the limit"),
+    "system message": (lambda: {"model": MODEL, "messages": [{"role": "system", "content": "Be brief."}, user("hi")]},
+                       400, "messages[0]: system messages are not supported: this model was trained without"),
+    "developer message": (lambda: {"model": MODEL, "messages": [user("hi"), {"role": "assistant", "content": "yo"},
+                                                                {"role": "developer", "content": "x"}, user("a")]},
+                          400, "messages[2]: developer messages are not supported"),
+    "json mode": (lambda: {"model": MODEL, "messages": [user("hi")], "response_format": {"type": "json_object"}},
+                  400, "'response_format' is not supported (only 'text'), got {'type': 'json_object'}"),
+    "logit bias": (lambda: {"model": MODEL, "messages": [user("hi")], "logit_bias": {"5": 10}}, 400,
+                   "'logit_bias' is not supported"),
+    "tool choice": (lambda: {"model": MODEL, "messages": [user("hi")], "tool_choice": "auto"}, 400,
+                    "'tool_choice' is not supported (only 'none')"),
     "missing API key": (lambda: {"model": MODEL, "messages": [user("hi")]}, 401, "missing API key"),
     "wrong API key": (lambda: {"model": MODEL, "messages": [user("hi")]}, 401, "incorrect API key"),
 }
@@ -317,3 +328,65 @@ def test_serve_command_starts_answers_and_stops_on_ctrl_c(tiny_vlm_dir):
         output = process.communicate(timeout=60)[0]
     assert process.returncode == 0, output
     assert f"serving {tiny_vlm_dir.name}" in output
+
+
+def test_plain_completions_with_the_official_client(tiny_vlm, engine, client):
+    from visualrwkv.engine.engine import ChatPrompt
+    from visualrwkv.engine.sampling import SamplingParams
+
+    prompt = "User: What color is the sky?\n\nAssistant:"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, **GREEDY)
+    expected = engine.submit(ChatPrompt(tiny_vlm.tokenizer.encode(prompt), None, []),
+                             SamplingParams(max_tokens=12, **GREEDY)).result()
+    assert r.object == "text_completion" and r.id.startswith("cmpl-")
+    assert r.choices[0].text == expected.text and r.choices[0].finish_reason == expected.finish_reason
+    assert r.usage.prompt_tokens == len(tiny_vlm.tokenizer.encode(prompt))
+    chunks = list(client.completions.create(model=MODEL, prompt=[prompt], max_tokens=12, stream=True, **GREEDY))
+    assert "".join(c.choices[0].text for c in chunks) == expected.text
+    assert chunks[-1].choices[0].finish_reason == expected.finish_reason
+    with pytest.raises(openai.BadRequestError, match="'prompt' must be a non-empty string"):
+        client.completions.create(model=MODEL, prompt=["a", "b"], max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="'echo' is not supported"):
+        client.completions.create(model=MODEL, prompt="a", echo=True, max_tokens=2)
+    # response_format "text" is what every answer is: accepted
+    ok = client.chat.completions.create(model=MODEL, messages=[user("hi")], max_tokens=2,
+                                        response_format={"type": "text"})
+    assert ok.choices[0].finish_reason in ("stop", "length")
+
+
+def scrape(server) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_in_the_prometheus_format_and_one_access_line_per_request(server, client, caplog):
+    import logging
+
+    before = scrape(server)
+    with caplog.at_level(logging.INFO, logger="visualrwkv.access"):
+        r = client.chat.completions.create(model=MODEL, messages=[user("hi", png_bytes())], max_tokens=3)
+        list(client.chat.completions.create(model=MODEL, messages=[user("hi")], max_tokens=3, stream=True))
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model=MODEL, messages=[user("hi")], logit_bias={"1": 1})
+    after = scrape(server)
+
+    def grew(name, labels=()):
+        key = (name, tuple(sorted(labels)))
+        return after.get(key, 0) - before.get(key, 0)
+
+    route = ("route", "/v1/chat/completions")
+    assert grew("visualrwkv_requests_total", [route, ("status", "200")]) == 2
+    assert grew("visualrwkv_requests_total", [route, ("status", "400")]) == 1
+    assert grew("visualrwkv_completion_tokens_total") >= r.usage.completion_tokens + 1
+    assert grew("visualrwkv_prompt_tokens_total") >= r.usage.prompt_tokens
+    assert grew("visualrwkv_request_latency_seconds_count", [route]) == 2
+    assert grew("visualrwkv_time_to_first_token_seconds_count", [route]) == 1  # the streamed one
+    assert after[("visualrwkv_waiting", ())] == 0 and ("visualrwkv_cache_hits_total", ()) in after
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "visualrwkv.access"]
+    assert len(lines) == 3
+    assert lines[0].startswith(f"/v1/chat/completions 200 prompt_tokens={r.usage.prompt_tokens} ")
+    assert f"completion_tokens={r.usage.completion_tokens} " in lines[0] and "latency=" in lines[0]
+    assert lines[2].startswith("/v1/chat/completions 400 error=")

@@ -66,8 +66,10 @@ def test_presets_resolve_and_overrides_are_typed(tmp_path):
     assert stages[1].image_position == "first" and stages[2].image_position == "middle"
     stages = resolve("tiny", {"out_dir": str(tmp_path / "x")})
     assert len({s.out_dir for s in stages}) == 3
-    with pytest.raises(ValueError, match="unknown training options"):
+    with pytest.raises(ValueError, match="unknown training option --learning_rate;"):
         resolve("tiny", {"learning_rate": "1"})
+    with pytest.raises(ValueError, match=r"--micro_batch \(did you mean --micro_batch_size\?\)"):
+        resolve("tiny", {"micro_batch": "1"})
     with pytest.raises(ValueError, match="neither a preset"):
         resolve("no-such-preset", {})
 

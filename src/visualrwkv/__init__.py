@@ -1,7 +1,8 @@
 """VisualRWKV: a visual language model on RWKV — exact, tested, fast on any device.
 
     from visualrwkv import VisualRWKV, load_rwkv, Tokenizer
-    model = VisualRWKV.from_pretrained(path)          # our directory or an official .pth
+    model = VisualRWKV.from_pretrained("tiny")        # the shipped model; or a path, an official .pth,
+                                                      # or a Hub id: "org/name[@revision][/file.pth]"
     answer = model.chat("photo.jpg", "What is in the picture?")
     lm = load_rwkv("RWKV-x060-World-1B6-v2.1.pth")    # the language model alone
     logits, state = lm(tokens)                        # tokens: LongTensor [B, T]
@@ -22,6 +23,7 @@ _EXPORTS = {
     "RWKVConfig": "visualrwkv.rwkv.model",
     "RWKVState": "visualrwkv.rwkv.model",
     "Tokenizer": "visualrwkv.rwkv.tokenizer",
+    "TINY_MODEL": "visualrwkv.hub",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -2,7 +2,9 @@
 
 `chat` reads one question per line; lines starting with "/" are commands: `/image PATH` (a new
 conversation about another image), `/reset` (forget the conversation, keep the image), `/help`, `/quit`.
-It works the same with stdin piped from a file; the ">>> " prompt is shown only on a terminal.
+It works the same with stdin piped from a file. On a terminal: a ">>> " prompt with line editing and
+the questions of earlier sessions on the up arrow (readline), Ctrl-C stops the current answer and keeps
+the conversation, Ctrl-D leaves.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import sys
 
 CHAT_HELP = "commands: /image PATH (new conversation about another image), /reset, /help, /quit"
+KEYS_HELP = "Ctrl-C stops an answer, Ctrl-D leaves; arrow keys edit and recall earlier questions"
+HISTORY_LIMIT = 1000  # questions kept in the history file
 
 
 def add_sampling_arguments(p) -> None:
     """The sampling flags shared by the commands that generate (defaults: SamplingParams')."""
     from visualrwkv.engine.model_args import add_model_arguments
-    from visualrwkv.engine.sampling import SamplingParams
+    from visualrwkv.engine.params import SamplingParams
 
     d = SamplingParams()
     add_model_arguments(p)
@@ -35,7 +39,7 @@ def add_sampling_arguments(p) -> None:
 
 
 def sampling_params_from_args(args):
-    from visualrwkv.engine.sampling import SamplingParams
+    from visualrwkv.engine.params import SamplingParams
 
     extra = {} if args.stop is None else {"stop": [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]}
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -93,19 +97,70 @@ def run_ask(args) -> int:
     return 0
 
 
+def _history_file():
+    import os
+    from pathlib import Path
+
+    root = os.environ.get("VISUALRWKV_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "visualrwkv")
+    return Path(root) / "chat_history"
+
+
+def _line_reader(interactive: bool):
+    """() -> the next line, or None at the end: on a terminal through readline (line editing, and the
+    questions of earlier sessions on the up arrow), else plain stdin."""
+    if not interactive:
+        return lambda: sys.stdin.readline() or None
+    try:
+        import atexit
+        import readline
+    except ImportError:  # e.g. Windows without pyreadline: input() still works, without history
+        readline = None
+    if readline is not None:
+        path = _history_file()
+        try:
+            readline.read_history_file(path)
+        except OSError:  # none yet
+            pass
+        readline.set_history_length(HISTORY_LIMIT)
+
+        def save():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                readline.write_history_file(path)
+            except OSError:
+                pass
+
+        atexit.register(save)
+
+    def read():
+        try:
+            return input(">>> ")
+        except EOFError:  # Ctrl-D
+            print()
+            return None
+
+    return read
+
+
 def run_chat(args) -> int:
     image = _read_image(args.image, args) if args.image else None
     engine, params = _open_engine(args)
     interactive = sys.stdin.isatty()
     history: list[tuple[str, str]] = []
+    read_line = _line_reader(interactive)
     if interactive:
-        print(CHAT_HELP)
+        print(f"{CHAT_HELP}\n{KEYS_HELP}")
     with engine:
         while True:
-            if interactive:
-                print(">>> ", end="", flush=True)
-            line = sys.stdin.readline()  # Ctrl-C here ends the chat (one line, from the CLI)
-            if not line:  # end of input
+            try:
+                line = read_line()
+            except KeyboardInterrupt:  # at a terminal's prompt: a new line, as a shell does
+                if not interactive:  # piped input: Ctrl-C ends the chat (one line, from the CLI)
+                    raise
+                print("\n(Ctrl-D or /quit leaves)", flush=True)
+                continue
+            if line is None:  # end of input
                 break
             line = line.strip()
             if not line:
@@ -137,10 +192,10 @@ def run_chat(args) -> int:
             except ValueError as e:  # e.g. the conversation grew past a limit
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 continue
-            except KeyboardInterrupt:  # Ctrl-C while answering stops this answer, not the chat
+            except KeyboardInterrupt:  # stop this answer, keep the conversation (without the cut turn)
                 if handle is not None:
                     handle.cancel()
-                print("\n[answer stopped; the conversation goes on without it]", file=sys.stderr, flush=True)
+                print("\n[answer stopped]", flush=True)
                 continue
             if answer:  # an empty answer cannot be part of a rendered history
                 history.append((line, answer))

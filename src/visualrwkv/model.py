@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from . import hub
 from .constants import END_OF_TEXT, IGNORE_INDEX, IMAGE_TOKEN_INDEX, STOP_TOKEN_INDEX
 from .rwkv.checkpoint import (CheckpointError, config_from_state_dict, drop_ignored_keys, read_state_dict,
                                read_tensor_shapes, strip_prefix)
@@ -31,8 +32,7 @@ from .vision.encoders import VisionConfig, build_encoder, clip_config_from_state
 from .vision.hf_encoders import official_clip_keys
 from .vision.projector import build_projector, infer_projector
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME, WEIGHTS_NAME = hub.CONFIG_NAME, hub.WEIGHTS_NAME
 IMAGE_POSITIONS = ("first", "last", "middle")
 # How a sequence without an image is laid out (SPEC §5.4 step 5):
 # - "image-slot": the official v6.0 layout, which the released v6.0 models were fine-tuned with: the
@@ -291,8 +291,10 @@ class VisualRWKV(nn.Module):
         return self.tokenizer.decode(tokens).split("\n\n")[0].strip()
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        """config.json + model.safetensors (everything, the vision tower included), written atomically."""
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None,
+                        repo_id: str | None = None) -> None:
+        """config.json + model.safetensors (everything, the vision tower included), written atomically,
+        and a model card (README.md, naming `repo_id` if given): a folder ready for the Hub."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = self.config.to_dict()
@@ -306,13 +308,28 @@ class VisualRWKV(nn.Module):
         atomic_save_file(lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}), directory / WEIGHTS_NAME)
         with atomic_write(directory / CONFIG_NAME, "w") as f:
             json.dump(config, f, indent=2)
+        hub.write_model_card(directory, config, repo_id)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, revision: str | None = None,
+                    dtype: torch.dtype | None = None, commit_message: str = "Upload VisualRWKV model",
+                    token: str | None = None) -> str:
+        """Save (as `save_pretrained`, the card naming `repo_id`) and upload to the Hub; returns the commit URL."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, dtype=dtype, repo_id=repo_id)
+            return hub.upload_folder(Path(folder), repo_id, private=private, revision=revision,
+                                     commit_message=commit_message, token=token)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu") -> "VisualRWKV":
+                        device: str | torch.device = "cpu", *, revision: str | None = None,
+                        filename: str | None = None, download: bool = False) -> "VisualRWKV":
         """Our directory format, an official full `VisualRWKV-v060-*.pth`, or an exported
-        `*_rwkv.pth` (with its `*_visual.pth` beside it)."""
-        path = Path(path)
+        `*_rwkv.pth` (with its `*_visual.pth` beside it); given by path, by a shipped model's name
+        ("tiny"), or by Hub id (`org/name[@revision][/file]`, read from the huggingface_hub cache and
+        downloaded only with `download=True`; see visualrwkv.hub)."""
+        path = hub.resolve_model(path, revision=revision, filename=filename, download=download)
         if path.is_dir():
             config_path = path / CONFIG_NAME
             if not config_path.is_file():

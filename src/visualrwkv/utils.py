@@ -88,3 +88,29 @@ def atomic_save_file(save_fn: Callable[[str], None], path: str | os.PathLike) ->
     """Run `save_fn(tmp_path)` then rename tmp over `path` (for libraries that write by file name)."""
     with _replacing(path) as tmp:
         save_fn(tmp)
+
+
+@contextlib.contextmanager
+def announce_if_slow(message: str, after: float = 2.0, stream=None) -> Iterator[None]:
+    """Say `message…` on stderr if the block is still running `after` seconds in, and then how long it
+    took, so that no wait is silent while quick ones stay quiet."""
+    import sys
+    import threading
+    import time
+
+    stream = stream or sys.stderr
+    start, said = time.perf_counter(), threading.Event()
+
+    def say():
+        print(f"{message}…", file=stream, flush=True)
+        said.set()
+
+    timer = threading.Timer(after, say)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if said.is_set():
+            print(f"{message}: done in {time.perf_counter() - start:.1f} s", file=stream, flush=True)

@@ -1,35 +1,33 @@
-"""Where the shipped model lives and how every command loads a model (`--model PATH` or the default)."""
+"""How every command loads a model (`--model NAME`, else $VISUALRWKV_MODEL, else the shipped one)
+and the name a server reports for it."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
+from visualrwkv import hub
 from visualrwkv.model import CONFIG_NAME, VisualRWKV
-from visualrwkv.utils import why_missing
 
 # the trained tiny model shipped with the package (config.json + model.safetensors)
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+DEFAULT_MODEL_DIR = hub.TINY_MODEL
 
 
 def load_model(path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu", compile: bool = False,
+               device: str | torch.device = "cpu", compile: bool = False, download: bool = False,
                text_only_layout: str | None = None) -> VisualRWKV:
-    """The model at `path` (a visualrwkv directory or an official checkpoint), else the shipped default;
-    `compile`: decode with torch.compile where the compiled CPU step does not apply (`RWKV.compile_step`);
+    """The model `path` names (a visualrwkv directory, an official checkpoint, "tiny" or a Hub id;
+    see visualrwkv.hub), else the default; `compile`: decode with torch.compile where the compiled
+    CPU step does not apply (`RWKV.compile_step`); `download`: fetch a Hub id that is not cached;
     `text_only_layout`: overrides the model config's layout of prompts without an image."""
     device = check_device(device)  # before the (slow) load
-    if path is None:
-        if not (DEFAULT_MODEL_DIR / CONFIG_NAME).is_file():
-            raise FileNotFoundError(
-                f"no default model at {DEFAULT_MODEL_DIR}: run `visualrwkv train --config tiny` or pass --model PATH")
-        path = DEFAULT_MODEL_DIR
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model path {str(path)!r} {why_missing(path)}")
-    model = VisualRWKV.from_pretrained(path, dtype=dtype, device=device)
+    name = path if path is not None else hub.default_model()
+    if name == "tiny" and not (DEFAULT_MODEL_DIR / CONFIG_NAME).is_file():
+        raise FileNotFoundError(
+            f"no default model at {DEFAULT_MODEL_DIR}: run `visualrwkv train --config tiny` or pass --model PATH")
+    model = VisualRWKV.from_pretrained(DEFAULT_MODEL_DIR if name == "tiny" else name, dtype=dtype, device=device,
+                                       download=download)
     if text_only_layout is not None:
         model.config.text_only_layout = text_only_layout
         model.config.__post_init__()  # validates the name
@@ -57,7 +55,5 @@ def check_device(device: str | torch.device) -> torch.device:
 
 
 def model_name(path: str | os.PathLike | None) -> str:
-    """The id a server reports for the model: the directory or file name, or the default's."""
-    if path is None:
-        return "visualrwkv-tiny"
-    return Path(path).resolve().name or "visualrwkv"
+    """The id a server reports for the model (see hub.readable_name)."""
+    return hub.readable_name(path if path is not None else hub.default_model())

@@ -10,8 +10,11 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 TEXT_ONLY_LAYOUTS = ("image-slot", "plain")  # = visualrwkv.model.TEXT_ONLY_LAYOUTS (no torch import here)
 
 
-def add_model_arguments(p, what: str = "model directory or official checkpoint") -> None:
-    p.add_argument("--model", help=f"{what} (default: the shipped tiny model)")
+def add_model_arguments(p, what: str = "a model folder, an official .pth, \"tiny\" or a Hugging Face Hub id "
+                                      "(org/name[@revision][/file.pth])") -> None:
+    p.add_argument("--model", help=f"{what} (default: $VISUALRWKV_MODEL, else the shipped tiny model)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch a Hub model that is not in the Hugging Face cache yet (otherwise nothing is downloaded)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
                    help="weights' dtype (default float32; bfloat16 halves the memory and the bytes a decode step "
                         "reads; the recurrent WKV state stays float32)")
@@ -35,4 +38,4 @@ def load_model_from_args(args):
     from .defaults import load_model
 
     return load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device, compile=args.compile,
-                      text_only_layout=getattr(args, "text_only_layout", None))
+                      text_only_layout=getattr(args, "text_only_layout", None), download=getattr(args, "download", False))

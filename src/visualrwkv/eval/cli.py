@@ -7,11 +7,22 @@ import argparse
 from visualrwkv.engine.model_args import add_model_arguments
 
 
+FORMS = """the working forms:
+  visualrwkv eval --task pope --data DIR [--model M]      answer a benchmark and score it (= eval run)
+  visualrwkv eval score --task pope --data DIR --predictions P.jsonl
+  visualrwkv eval heldout --data qa.json [--model M]      exact match per question_type (LLaVA JSON)
+  visualrwkv eval fixture --task all --out DIR            tiny offline copies of every benchmark's layout
+  visualrwkv eval submission --data VQAV2 --predictions P.jsonl --out result.json
+  visualrwkv eval layout                                  the files each task expects under --data
+`visualrwkv eval COMMAND --help` describes each."""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from visualrwkv.eval.benchmarks import TASK_NAMES
 
     parser = subparsers.add_parser("eval", help="benchmarks: score predictions, build offline fixtures",
-                                   description=__doc__.splitlines()[0])  # fmt: skip
+                                   description=__doc__.splitlines()[0], epilog=FORMS,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="eval_command", metavar="<eval command>")
     parser.set_defaults(func=lambda args: _print_help(parser))
 

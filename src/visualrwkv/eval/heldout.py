@@ -19,6 +19,8 @@ class HeldoutResult:
     def markdown(self) -> str:
         lines = ["| question type | accuracy | correct / total |", "|---|---|---|"]
         for kind, r in sorted(self.per_type.items()):
+            if kind == "all":  # rows without a question_type: the total row below is theirs
+                continue
             lines.append(f"| {kind} | {100 * r['accuracy']:.1f}% | {r['correct']} / {r['total']} |")
         lines.append(f"| **all** | **{100 * self.accuracy:.1f}%** | {sum(r['correct'] for r in self.per_type.values())}"
                      f" / {self.total} |")

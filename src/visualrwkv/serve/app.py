@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API over the batching engine (FastAPI).
 
 Routes: `POST /v1/chat/completions` (streaming SSE or not; see `requests.py` for what a request may
-hold), `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`. With an API key, `/v1/*` needs
+hold), `POST /v1/completions` (plain text continued as it is, no chat template), `GET /v1/models`,
+`GET /metrics` (Prometheus; see metrics.py, which also writes the access log), `GET /v1/models/{id}`, `GET /health`. With an API key, `/v1/*` needs
 `Authorization: Bearer <key>`. Every error is a 4xx/5xx JSON body in the OpenAI shape. Request work
 that costs CPU (image decoding, tokenization) runs in worker threads; the engine's own thread runs
 the model, so the event loop stays free to serve many concurrent connections.
@@ -18,14 +19,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from visualrwkv.engine.engine import Engine, EngineBusyError, EngineClosedError, GenerationResult
+from visualrwkv.engine.engine import ChatPrompt, Engine, EngineBusyError, EngineClosedError, GenerationResult
 from visualrwkv.serve.errors import APIError, error_body
 from visualrwkv.serve.json_body import decode_json_body
-from visualrwkv.serve.requests import ChatRequest, Limits, parse_chat_request
+from visualrwkv.serve.metrics import Metrics
+from visualrwkv.serve.requests import Limits, parse_chat_request, parse_completion_request
 
 
 @dataclass
@@ -48,9 +50,11 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
             await run_in_threadpool(engine.close, settings.shutdown_timeout)
 
     app = FastAPI(title="visualrwkv", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = Metrics(engine)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
+        metrics.failed(request.url.path, exc.status, exc.message)
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(StarletteHTTPException)
@@ -83,6 +87,11 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
         stats = engine.stats()
         return {"status": "ok", "model": settings.model_name, "running": stats.running, "waiting": stats.waiting}
 
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        content, media_type = metrics.render()
+        return Response(content, media_type=media_type)
+
     @app.get("/v1/models")
     async def list_models(request: Request):
         authorize(request)
@@ -96,33 +105,60 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
                            "model", "model_not_found")
         return model_card()
 
+    def submit(prompt, params, field_name):
+        try:
+            return engine.submit(prompt, params)
+        except ValueError as e:  # prompt or max_tokens above the limits
+            raise APIError(400, str(e), field_name if "prompt" in str(e) else None) from None
+        except EngineBusyError as e:
+            raise APIError(429, str(e)) from None
+        except EngineClosedError as e:
+            raise APIError(503, str(e)) from None
+
+    async def respond(http_request: Request, handle, request, kind: str, choice, route: str, start: float):
+        """The response to a submitted request: SSE chunks, or the whole answer once it is done."""
+        completion_id = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + secrets.token_hex(12)
+        if request.stream:
+            def done(first_token, result):
+                metrics.finished(route, start, first_token, result)
+
+            return StreamingResponse(_sse(handle, request.include_usage, completion_id, settings.model_name, kind,
+                                          done), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        try:
+            result = await _result_unless_disconnected(http_request, handle)
+        except EngineClosedError as e:
+            raise APIError(503, str(e)) from None
+        metrics.finished(route, start, None, result)
+        return {"id": completion_id, "object": kind, "created": int(time.time()), "model": settings.model_name,
+                "system_fingerprint": None, "choices": [{**choice(result.text), "finish_reason": result.finish_reason,
+                                                         "logprobs": None}],
+                "usage": _usage(result)}
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        start = time.perf_counter()
         authorize(request)
         body = await _read_json(request, settings.max_body_bytes)
         chat = await run_in_threadpool(parse_chat_request, body, settings.model_name, settings.limits)
         try:
             prompt = await run_in_threadpool(engine.build_prompt, chat.question, chat.image, chat.history)
-            handle = engine.submit(prompt, chat.params)
-        except ValueError as e:  # prompt or max_tokens above the limits, bad conversation
-            raise APIError(400, str(e), "messages" if "prompt" in str(e) else None) from None
-        except EngineBusyError as e:
-            raise APIError(429, str(e)) from None
-        except EngineClosedError as e:
-            raise APIError(503, str(e)) from None
-        completion_id = "chatcmpl-" + secrets.token_hex(12)
-        if chat.stream:
-            return StreamingResponse(_sse(handle, chat, completion_id, settings.model_name),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        try:
-            result = await _result_unless_disconnected(request, handle)
-        except EngineClosedError as e:
-            raise APIError(503, str(e)) from None
-        return {"id": completion_id, "object": "chat.completion", "created": int(time.time()),
-                "model": settings.model_name, "system_fingerprint": None,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                             "finish_reason": result.finish_reason, "logprobs": None}],
-                "usage": _usage(result)}
+        except ValueError as e:  # a bad conversation
+            raise APIError(400, str(e), "messages") from None
+        handle = submit(prompt, chat.params, "messages")
+        return await respond(request, handle, chat, "chat.completion",
+                             lambda text: {"index": 0, "message": {"role": "assistant", "content": text}},
+                             "/v1/chat/completions", start)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        start = time.perf_counter()
+        authorize(request)
+        body = await _read_json(request, settings.max_body_bytes)
+        plain = parse_completion_request(body, settings.model_name)
+        ids = await run_in_threadpool(engine.tokenizer.encode, plain.prompt)
+        handle = submit(ChatPrompt(ids, None, []), plain.params, "prompt")
+        return await respond(request, handle, plain, "text_completion", lambda text: {"index": 0, "text": text},
+                             "/v1/completions", start)
 
     return app
 
@@ -167,28 +203,34 @@ def _usage(result: GenerationResult) -> dict:
             "prompt_tokens_details": {"cached_tokens": result.cached_tokens}}
 
 
-async def _sse(handle, chat: ChatRequest, completion_id: str, model: str):
-    """OpenAI chunks: the role, the content deltas, the finish reason, optionally usage, then [DONE]."""
+async def _sse(handle, include_usage: bool, completion_id: str, model: str, kind: str, done):
+    """OpenAI chunks: (chat: the role,) the content deltas, the finish reason, optionally usage, then [DONE]."""
     created = int(time.time())
+    chat = kind == "chat.completion"
 
     def event(choices: list, **extra) -> str:
-        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "system_fingerprint": None, "choices": choices, **extra}
-        if chat.include_usage and "usage" not in extra:
+        chunk = {"id": completion_id, "object": "chat.completion.chunk" if chat else "text_completion",
+                 "created": created, "model": model, "system_fingerprint": None, "choices": choices, **extra}
+        if include_usage and "usage" not in extra:
             chunk["usage"] = None
         return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
-    def delta(content: dict, finish_reason=None) -> list:
-        return [{"index": 0, "delta": content, "finish_reason": finish_reason, "logprobs": None}]
+    def delta(content: dict | str, finish_reason=None) -> list:
+        part = {"delta": content} if chat else {"text": content}
+        return [{"index": 0, **part, "finish_reason": finish_reason, "logprobs": None}]
 
     try:
-        yield event(delta({"role": "assistant", "content": ""}))
+        if chat:
+            yield event(delta({"role": "assistant", "content": ""}))
+        first_token = None
         try:
             async for text in handle:
-                yield event(delta({"content": text}))
+                first_token = first_token or time.perf_counter()
+                yield event(delta({"content": text} if chat else text))
             result = handle.result(timeout=0)
-            yield event(delta({}, result.finish_reason))
-            if chat.include_usage:
+            done(first_token, result)
+            yield event(delta({} if chat else "", result.finish_reason))
+            if include_usage:
                 yield event([], usage=_usage(result))
         except EngineClosedError as e:
             yield f"data: {json.dumps(error_body(503, str(e)))}\n\n"

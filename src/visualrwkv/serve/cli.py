@@ -9,6 +9,9 @@ def _add_engine_arguments(p) -> None:
     from visualrwkv.engine.model_args import add_model_arguments
 
     add_model_arguments(p)
+    p.add_argument("--served-model-name", metavar="NAME",
+                   help="the model's name in the API (GET /v1/models, the requests' `model`); default: a readable "
+                        "name from --model, e.g. visualrwkv-tiny, org/name, or a run's folder for runs/NAME/final")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--max-batch-size", type=int, default=32, help="requests decoded together (default 32)")
     p.add_argument("--max-prompt-tokens", type=int, default=4096,
@@ -21,7 +24,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models",
         description="OpenAI-compatible API. Images go in the first user message as base64 data: URIs (one per "
-                    "conversation); system messages are ignored (the model has no system prompt); omitted "
+                    "conversation); system messages are refused (the model has no system prompt); omitted "
                     "sampling fields take the RWKV defaults (top_p 0.85, penalties 0.2).")
     _add_engine_arguments(p)
     p.add_argument("--port", type=int, default=8000)
@@ -47,8 +50,10 @@ def build_engine(args):
     for name in ("max_batch_size", "max_prompt_tokens", "max_new_tokens", "cache_mb", "port"):
         if getattr(args, name) < (0 if name == "cache_mb" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.served_model_name is not None and not args.served_model_name.strip():
+        raise ValueError("--served-model-name must not be empty")
     model = load_model_from_args(args)
-    return Engine(model, model_id=model_name(args.model), max_batch_size=args.max_batch_size,
+    return Engine(model, model_id=args.served_model_name or model_name(args.model), max_batch_size=args.max_batch_size,
                   cache_bytes=args.cache_mb * 1024 * 1024, max_prompt_tokens=args.max_prompt_tokens,
                   max_new_tokens=args.max_new_tokens)
 
@@ -66,12 +71,24 @@ def run_serve(args) -> int:
     settings = ServerSettings(engine.model_id, api_key=args.api_key or None,
                               max_body_bytes=int(args.max_body_mb * 1024 * 1024), limits=limits)
     app = create_app(engine, settings)
+    _log_access_to_stderr()
     print(f"serving {engine.model_id} on http://{args.host}:{args.port}/v1 "
           f"({'API key required' if settings.api_key else 'no API key'})", flush=True)
     # on Ctrl-C uvicorn stops accepting, lets in-flight requests finish (up to the timeout), then
     # runs the app's shutdown, which closes the engine
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=30)
     return 0
+
+
+def _log_access_to_stderr() -> None:
+    """One line per request (visualrwkv.serve.metrics), beside uvicorn's own log."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s access: %(message)s"))
+    log = logging.getLogger("visualrwkv.access")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def run_webui(args) -> int:

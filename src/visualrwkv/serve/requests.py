@@ -3,8 +3,11 @@
 Accepted: `messages` alternating user / assistant turns and ending with a user turn; user content is
 a string or a list of `{"type": "text"}` and `{"type": "image_url"}` parts, with images as base64
 `data:` URIs (the server never fetches URLs). One image per conversation, in the first user message
-(the model reads one image, placed in the first turn). System and developer messages are ignored:
-the model was trained without a system prompt (SPEC §7.1).
+(the model reads one image, placed in the first turn). System and developer messages with text are
+refused (400), never silently dropped: VisualRWKV was trained without a system prompt (SPEC §7.1) and
+renders none, so an instruction there would not reach the model; put it in the user message. Fields
+the server cannot honour (response_format other than text, tool_choice, logit_bias, audio, ...)
+are refused the same way, as tools are.
 
 Sampling fields: temperature, top_p, max_tokens (or max_completion_tokens), seed, stop,
 presence_penalty, frequency_penalty, plus the RWKV extensions top_k and penalty_decay. Fields the
@@ -23,7 +26,20 @@ from visualrwkv.engine.sampling import SamplingParams
 from visualrwkv.serve.errors import APIError
 
 MAX_STOP_STRINGS = 4  # the OpenAI limit
-IGNORED_ROLES = ("system", "developer")
+INSTRUCTION_ROLES = ("system", "developer")
+# OpenAI fields this server cannot honour: refused with a 400 naming them, rather than ignored.
+# value → None: refused whenever present and not "empty"; a set: the values that are accepted
+UNSUPPORTED_FIELDS = {
+    "response_format": {"text"},  # by its "type"
+    "tool_choice": {"none"},
+    "parallel_tool_calls": None,
+    "function_call": {"none"},
+    "logit_bias": None,
+    "audio": None,
+    "modalities": {"text"},
+    "prediction": None,
+    "web_search_options": None,
+}
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII)
 
 
@@ -47,6 +63,39 @@ class ChatRequest:
 
 def parse_chat_request(body, served_model: str, limits: Limits) -> ChatRequest:
     """Raise APIError (4xx) naming the field and what is wrong; decode and check the image."""
+    model, stream, include_usage = _parse_common(body, served_model)
+    question, history, image = _parse_messages(body.get("messages"), limits)
+    return ChatRequest(model, question, history, image, _sampling(body), stream, include_usage)
+
+
+@dataclass
+class CompletionRequest:
+    """`POST /v1/completions`: plain text the model continues (no chat template, no image)."""
+
+    model: str
+    prompt: str
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+
+
+def parse_completion_request(body, served_model: str) -> CompletionRequest:
+    model, stream, include_usage = _parse_common(body, served_model)
+    for name in ("echo", "suffix"):
+        if body.get(name):
+            raise APIError(400, f"'{name}' is not supported", name)
+    if body.get("best_of", 1) != 1:
+        raise APIError(400, f"'best_of' must be 1, got {body.get('best_of')!r}", "best_of")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise APIError(400, "'prompt' must be a non-empty string (one prompt per request)", "prompt")
+    return CompletionRequest(model, prompt, _sampling(body), stream, include_usage)
+
+
+def _parse_common(body, served_model: str) -> tuple[str, bool, bool]:
+    """The checks every generation request shares: → (model, stream, include_usage)."""
     if not isinstance(body, dict):
         raise APIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
     model = body.get("model")
@@ -61,15 +110,22 @@ def parse_chat_request(body, served_model: str, limits: Limits) -> ChatRequest:
         raise APIError(400, "logprobs are not supported", "logprobs")
     if body.get("tools") or body.get("functions"):
         raise APIError(400, "tools and function calling are not supported", "tools")
+    for name, accepted in UNSUPPORTED_FIELDS.items():
+        value = body.get(name)
+        if value in (None, {}, [], False):
+            continue
+        shown = value.get("type") if isinstance(value, dict) else value
+        shown = shown[0] if isinstance(shown, list) and len(shown) == 1 else shown
+        if accepted is None or not isinstance(shown, str) or shown not in accepted:
+            allowed = f" (only {', '.join(map(repr, sorted(accepted)))})" if accepted else ""
+            raise APIError(400, f"'{name}' is not supported{allowed}, got {value!r}", name)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise APIError(400, f"'stream' must be true or false, got {stream!r}", "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise APIError(400, "'stream_options' must be an object", "stream_options")
-    question, history, image = _parse_messages(body.get("messages"), limits)
-    return ChatRequest(model, question, history, image, _sampling(body), stream,
-                       bool(options.get("include_usage", False)))
+    return model, stream, bool(options.get("include_usage", False))
 
 
 def _parse_messages(messages, limits: Limits):
@@ -82,10 +138,15 @@ def _parse_messages(messages, limits: Limits):
         if not isinstance(message, dict):
             raise APIError(400, f"{where} must be an object with 'role' and 'content'", "messages")
         role = message.get("role")
-        if role in IGNORED_ROLES:
-            continue
+        if role in INSTRUCTION_ROLES:
+            text, images = _parse_content(message.get("content"), where, allow_images=False)
+            if text.strip():
+                raise APIError(400, f"{where}: {role} messages are not supported: this model was trained without "
+                                    "a system prompt, so the instruction would not reach it; put it in the user "
+                                    "message", "messages")
+            continue  # an empty one says nothing
         if role not in ("user", "assistant"):
-            raise APIError(400, f"{where}.role must be 'user', 'assistant' or 'system', got {role!r}", "messages")
+            raise APIError(400, f"{where}.role must be 'user' or 'assistant', got {role!r}", "messages")
         expected = "user" if len(turns) % 2 == 0 else "assistant"
         if role != expected:
             raise APIError(400, f"{where}: expected a {expected} message (user and assistant messages must "

@@ -1,65 +1,99 @@
-"""Training configuration: one dataclass, named presets (SPEC §8), `--key value` overrides."""
+"""Training configuration: one dataclass, named presets (SPEC §8), `--key value` overrides.
+
+Every option carries its meaning in its field's metadata, from which `visualrwkv train --help`
+builds its list (train/cli.py), so the help cannot drift from the code.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16")
 DISTRIBUTED = ("ddp", "fsdp")
 LM_STAGE2 = ["rwkv.blocks.*", "rwkv.ln_out.*", "rwkv.head.*", "proj.*"]
+# what the `finetune` preset sets from the dataset's size and the model (see `fit_to_data`)
+FITTED = ("micro_batch_size", "grad_accum", "epochs", "lr", "lr_final", "warmup_steps", "ctx_len", "image_position")
+
+
+def opt(default=MISSING, help: str = "", *, group: str, factory=MISSING):
+    """A TrainConfig field with its meaning (shown by `visualrwkv train --help`) and its help group."""
+    metadata = {"help": help, "group": group}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
-    task: str = "vlm"  # "vlm": train VisualRWKV on conversations; "vision_shapes": pretrain the tiny encoder
-    # data (LLaVA conversation JSON / JSONL)
-    data: str = ""
-    image_root: str = ""  # image paths are relative to this (default: the data file's folder)
-    image_position: str = "middle"  # first | last | middle (sandwich)
-    ctx_len: int = 2048
-    max_rounds: int = 0  # > 0: split long conversations into chunks of this many rounds (SPEC §8.4)
-    skip_bad_rows: bool = False  # False: a bad row is an error naming it; True: skip, count, report
-    num_workers: int = 0
-    length_grouping: bool = True
-    prepare: str = ""  # "shapes": generate the synthetic shapes dataset into data's folder if it is missing
-    prepare_images: int = 6000
+    task: str = opt("vlm", "vlm: train VisualRWKV on conversations; vision_shapes: pretrain the tiny encoder",
+                    group="data")
+    data: str = opt("", "LLaVA conversation data: a JSON list or JSONL file", group="data")
+    image_root: str = opt("", "image paths in the data are relative to this folder (empty: the data file's folder)",
+                          group="data")
+    image_position: str = opt("middle", "where the image goes in the prompt: first, last or middle (the "
+                              "sandwich: before and after the question)", group="data")
+    ctx_len: int = opt(2048, "longest training sequence in tokens, an image counting its tokens; longer rows "
+                       "are cut", group="data")
+    max_rounds: int = opt(0, "> 0: split long conversations into chunks of this many rounds", group="data")
+    skip_bad_rows: bool = opt(False, "false: a bad row stops the run with an error naming it; true: skip it, "
+                              "count it, report the counts", group="data")
+    num_workers: int = opt(0, "DataLoader worker processes (0: load in the training process)", group="data")
+    length_grouping: bool = opt(True, "batch rows of similar length together (less padding)", group="data")
+    prepare: str = opt("", "shapes: generate the synthetic shapes dataset into data's folder if it is missing",
+                       group="data")
+    prepare_images: int = opt(6000, "training images to generate with prepare=shapes", group="data")
 
-    # model
-    init: str = ""  # start from this model (our directory or an official .pth)
-    init_lm: str = ""  # or build a new model from `model` and load this base RWKV-6 .pth into its LM
-    model: dict = field(default_factory=dict)  # VisualRWKVConfig fields, for a new model
-    trainable: list = field(default_factory=lambda: ["*"])  # fnmatch patterns over parameter names
-    grad_checkpointing: bool = False
+    init: str = opt("", "start from this model: a model directory, an official .pth, a Hub id (org/name) or "
+                    "'tiny' (the shipped model)", group="model")
+    init_lm: str = opt("", "or build a new model from `model` and load this base RWKV-6 .pth into its LM",
+                       group="model")
+    model: dict = opt(help="VisualRWKVConfig fields (JSON), for a new model", group="model", factory=dict)
+    trainable: list = opt(help="parameters to train: fnmatch patterns over names, comma-separated or JSON",
+                          group="model", factory=lambda: ["*"])
+    grad_checkpointing: bool = opt(False, "recompute activations in backward (less memory, ~30% slower)",
+                                   group="model")
 
-    # optimisation (AdamW; cosine from lr to lr_final after a linear warm-up, on every group)
-    lr: float = 1e-3
-    lr_final: float = 1e-5
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.99
-    adam_eps: float = 1e-8
-    grad_clip: float = 1.0
-    micro_batch_size: int = 8
-    grad_accum: int = 1
-    epochs: float = 1.0  # true passes over the data
-    max_steps: int = 0  # > 0 overrides epochs (optimizer steps)
-    l2wrap: bool = True
-    precision: str = "fp32"
-    distributed: str = "ddp"  # under torchrun: ddp or fsdp
-    seed: int = 0
+    lr: float = opt(1e-3, "peak learning rate (AdamW; linear warm-up, then cosine to lr_final)",
+                    group="optimisation")
+    lr_final: float = opt(1e-5, "learning rate at the last step", group="optimisation")
+    warmup_steps: int = opt(0, "optimizer steps of linear warm-up from lr/10 to lr", group="optimisation")
+    weight_decay: float = opt(0.0, "AdamW weight decay, on matrices only", group="optimisation")
+    beta1: float = opt(0.9, "AdamW beta1", group="optimisation")
+    beta2: float = opt(0.99, "AdamW beta2", group="optimisation")
+    adam_eps: float = opt(1e-8, "AdamW epsilon", group="optimisation")
+    grad_clip: float = opt(1.0, "clip the gradient norm to this (0: no clipping)", group="optimisation")
+    micro_batch_size: int = opt(8, "rows per forward pass on each process", group="optimisation")
+    grad_accum: int = opt(1, "micro-batches per optimizer step; the global batch is micro_batch_size × "
+                          "grad_accum × processes", group="optimisation")
+    epochs: float = opt(1.0, "passes over the data: each is every row once, in a new order (fractions allowed)",
+                        group="optimisation")
+    max_steps: int = opt(0, "> 0: train exactly this many optimizer steps instead of `epochs`",
+                         group="optimisation")
+    l2wrap: bool = opt(True, "RWKV's L2Wrap: nudge each position's largest logit towards 0", group="optimisation")
+    precision: str = opt("fp32", "fp32, or bf16 (autocast; the weights and optimizer stay fp32)",
+                         group="optimisation")
+    distributed: str = opt("ddp", "under torchrun: ddp (replicate the model) or fsdp (shard it)",
+                           group="optimisation")
+    seed: int = opt(0, "seed of the initial weights and of the data order", group="optimisation")
+    fit_to_data: list = opt(help="options the trainer sets from the data's size and the model at the start "
+                            f"(any of {', '.join(FITTED)}); the finetune preset fills it with those you do not set",
+                            group="optimisation", factory=list)
 
-    # output
-    eval_heldout: str = ""  # after training: exact-match accuracy per question_type on this LLaVA QA file
-    out_dir: str = "runs/train"
-    save_every: int = 0  # optimizer steps between checkpoints (0: only the final one)
-    keep_last: int = 2
-    log_every: int = 10
-    tensorboard: bool = False
-    progress: bool = True
+    eval_heldout: str = opt("", "after training: exact-match accuracy per question_type on this LLaVA QA file",
+                            group="output")
+    out_dir: str = opt("runs/train", "where checkpoints, metrics.jsonl and the final model (out_dir/final) go",
+                       group="output")
+    save_every: int = opt(0, "optimizer steps between resumable checkpoints (0: only the final one)",
+                          group="output")
+    keep_last: int = opt(2, "checkpoints to keep", group="output")
+    log_every: int = opt(10, "optimizer steps between lines in metrics.jsonl (and on screen without progress)",
+                         group="output")
+    tensorboard: bool = opt(False, "also log to TensorBoard in out_dir/tensorboard", group="output")
+    progress: bool = opt(True, "progress bars (false: a log line every log_every steps instead)", group="output")
 
     def __post_init__(self):
         if self.image_position not in ("first", "last", "middle"):
@@ -73,12 +107,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or self.lr_final < 0:
             raise ValueError("lr must be positive and lr_final non-negative")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise ValueError(f"epochs must be positive (or max_steps set), got {self.epochs}")
         if self.task not in ("vlm", "vision_shapes"):
             raise ValueError(f"task must be 'vlm' or 'vision_shapes', got {self.task!r}")
         if self.prepare not in ("", "shapes"):
             raise ValueError(f"prepare must be '' or 'shapes', got {self.prepare!r}")
         if not isinstance(self.trainable, list) or not self.trainable:
             raise ValueError("trainable must be a non-empty list of parameter-name patterns")
+        unknown = sorted(set(self.fit_to_data) - set(FITTED))
+        if unknown:
+            raise ValueError(f"fit_to_data: {unknown} cannot be fitted (these can: {', '.join(FITTED)})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +128,46 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training options: {sorted(unknown)}")
         return cls(**d)
+
+
+def fit(cfg: TrainConfig, model_config, num_samples: int | None = None, world_size: int = 1) -> dict:
+    """Set the options named in `cfg.fit_to_data` for this model (and, given `num_samples`, for this
+    much data); returns what was set.
+
+    The rule, for a fine-tune on one's own data: a global batch of half the rows, rounded down to a
+    power of two, at most 64 (16 rows: 8; micro-batches of at most 8), enough passes that every row is seen some 320 times in total, or at
+    least 3 times (16 rows: 20 epochs of 2 steps; 10k rows: 3 epochs), and a peak learning rate of
+    0.25 / width: 2e-3 for the shipped model (width 128), 1.2e-4 for a 1B6 (width 2048), the
+    order of the paper's stage 2 (6e-5 at 16× the batch). A tenth of it at the end, a tenth of
+    the steps (at most 10) of warm-up. The sequence length and the image's place in the prompt
+    are the model's own, so that training looks like what the model sees when it answers.
+    """
+    wanted = set(cfg.fit_to_data)
+    values: dict = {}
+    if "ctx_len" in wanted:
+        values["ctx_len"] = model_config.ctx_len
+    if "image_position" in wanted:
+        values["image_position"] = model_config.image_position
+    if "lr" in wanted:
+        values["lr"] = round(0.25 / model_config.rwkv.n_embd, 7)
+    if "lr_final" in wanted:
+        values["lr_final"] = round(values.get("lr", cfg.lr) / 10, 8)
+    if num_samples is not None:
+        global_batch = max(1, min(64, 1 << max(0, (num_samples // 2).bit_length() - 1)))
+        if "micro_batch_size" in wanted:
+            values["micro_batch_size"] = max(1, min(8, global_batch // world_size))
+        if "grad_accum" in wanted:
+            micro = values.get("micro_batch_size", cfg.micro_batch_size)
+            values["grad_accum"] = max(1, global_batch // (micro * world_size))
+        if "epochs" in wanted:
+            values["epochs"] = float(min(100, max(3, math.ceil(320 / num_samples))))
+        if "warmup_steps" in wanted:
+            batch = values.get("micro_batch_size", cfg.micro_batch_size) * values.get("grad_accum", cfg.grad_accum)
+            steps = math.ceil(values.get("epochs", cfg.epochs) * math.ceil(num_samples / (batch * world_size)))
+            values["warmup_steps"] = min(10, steps // 10)
+    for name, value in values.items():
+        setattr(cfg, name, value)
+    return values
 
 
 TINY_MODEL = {
@@ -102,11 +181,25 @@ TINY_MODEL = {
 }
 TINY_TRAINABLE = ["rwkv.blocks.*", "rwkv.ln_out.*", "rwkv.head.*", "proj.*"]
 
+PRESET_SUMMARIES = {
+    "finetune": "your own LLaVA data on the shipped model (or --init/--model MODEL): batch, epochs and learning "
+                "rate fitted to the data's size and the model; a 16-row dataset learns in about a minute on a CPU",
+    "stage1": "the paper's v6.0 stage 1: the projector only, image first (set --data, --image_root, --init_lm "
+              "and --model)",
+    "stage2": "the paper's v6.0 stage 2: LM blocks, head and projector, sandwich prompt (set --data, --image_root, "
+              "--init)",
+    "tiny": "the shipped tiny model, from scratch on generated shapes: 3 stages, about 15 minutes on 2 CPU cores",
+}
+
 
 def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
     """Named recipes; each is a list of stages (each stage starts from the previous one's result)."""
     tiny_data = os.path.join(out_dir, "tiny", "data")
     return {
+        # fine-tuning on one's own data: what depends on the data's size and the model is fitted at
+        # the start (`fit`); the trained parameters are the paper's stage 2 (embedding and vision frozen)
+        "finetune": [dict(init="tiny", trainable=LM_STAGE2, fit_to_data=list(FITTED), log_every=5,
+                          out_dir=os.path.join(out_dir, "finetune"))],
         # the paper's v6.0 recipe (SPEC §8.1/8.2); set data/image_root/init_lm for your run
         "stage1": [dict(image_position="first", ctx_len=1024, trainable=["proj.*"], lr=1e-3, lr_final=1e-5,
                         micro_batch_size=16, grad_accum=16, epochs=1, out_dir=os.path.join(out_dir, "stage1"))],
@@ -150,10 +243,13 @@ def _coerce(value: str, current):
         if not isinstance(parsed, type(current)):
             raise ValueError(f"expected JSON {type(current).__name__}, got {value!r}")
         return parsed
-    if isinstance(current, int):
-        return int(value)
-    if isinstance(current, float):
-        return float(value)
+    try:
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+    except ValueError:
+        raise ValueError(f"expected {type(current).__name__}, got {value!r}") from None
     return value
 
 
@@ -177,31 +273,66 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def resolve(config: str, overrides: dict[str, str], runs_dir: str = "runs") -> list[TrainConfig]:
-    """A preset name or a JSON file (one config, or {"stages": [...]}) plus overrides → stage configs."""
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def load_stages(config: str, runs_dir: str = "runs") -> list[dict]:
+    """The stages of a preset name or of a JSON file (one config, or {"stages": [...]}), as given."""
     table = presets(runs_dir)
     if config in table:
-        stages = [dict(s) for s in table[config]]
-    else:
-        path = Path(config)
-        if not path.is_file():
-            raise ValueError(f"--config {config!r} is neither a preset ({', '.join(table)}) nor a file")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON ({e})") from e
-        stages = data["stages"] if isinstance(data, dict) and "stages" in data else [data]
+        return [dict(s) for s in table[config]]
+    path = Path(config)
+    if not path.is_file():
+        raise ValueError(f"--config {config!r} is neither a preset ({', '.join(table)}) nor a file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from e
+    stages = data["stages"] if isinstance(data, dict) and "stages" in data else [data]
+    if not all(isinstance(s, dict) for s in stages):
+        raise ValueError(f"{path}: a config is a JSON object of options (or {{\"stages\": [...]}})")
+    return stages
+
+
+def resolve(config: str, overrides: dict[str, str], runs_dir: str = "runs") -> list[TrainConfig]:
+    """A preset name or a JSON file plus overrides → stage configs.
+
+    `--model NAME` that is not a JSON object names the model to start from (`--init`), as `--model`
+    does in every other command. An option given explicitly is never fitted (`fit_to_data`).
+    """
+    import difflib
+
+    overrides = dict(overrides)
+    if "model" in overrides and not _is_json_object(overrides["model"]):
+        if "init" in overrides:
+            raise ValueError("give the model to start from once: --init or --model, not both")
+        overrides["init"] = overrides.pop("model")
+    stages = load_stages(config, runs_dir)
     defaults = TrainConfig()
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown training options: {sorted('--' + k for k in unknown)}")
+    known = [f.name for f in fields(TrainConfig)]
+    for key in overrides:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean --{close[0]}?)" if close else ""
+            raise ValueError(f"unknown training option --{key}{hint}; `visualrwkv train --help` lists them")
     resolved = []
     for i, stage in enumerate(stages):
         merged = dict(stage)
         for key, value in overrides.items():
-            merged[key] = _coerce(value, merged.get(key, getattr(defaults, key)))
+            try:
+                merged[key] = _coerce(value, merged.get(key, getattr(defaults, key)))
+            except ValueError as e:
+                raise ValueError(f"--{key}: {e}") from None
+        if "fit_to_data" in stage and "fit_to_data" not in overrides:
+            merged["fit_to_data"] = [name for name in stage["fit_to_data"] if name not in overrides]
         if len(stages) > 1 and "out_dir" in overrides:  # one folder per stage under the given one
             merged["out_dir"] = os.path.join(merged["out_dir"], f"stage{i}")
-        resolved.append(TrainConfig.from_dict(merged))
+        cfg = TrainConfig.from_dict(merged)
+        if cfg.task == "vlm" and not cfg.data:
+            raise ValueError(f"--config {config}: set --data (a LLaVA JSON/JSONL file) for the model to train on")
+        resolved.append(cfg)
     return resolved

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from ..constants import IGNORE_INDEX
 from ..model import VisualRWKV, VisualRWKVConfig
 from ..rwkv.checkpoint import load_rwkv
-from ..utils import atomic_write
+from ..utils import announce_if_slow, atomic_write
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_temporaries, save_checkpoint, truncate_metrics
-from .config import TrainConfig
+from .config import TrainConfig, fit
 
 
 class L2Wrap(torch.autograd.Function):
@@ -114,7 +114,8 @@ def init_distributed() -> tuple[DistInfo, torch.device]:
 
 def build_model(cfg: TrainConfig, device) -> VisualRWKV:
     if cfg.init:
-        model = VisualRWKV.from_pretrained(cfg.init)
+        with announce_if_slow(f"loading {cfg.init}"):
+            model = VisualRWKV.from_pretrained(cfg.init)
     else:
         if not cfg.model:
             raise ValueError("set `init` (a model to start from) or `model` (the config of a new one)")
@@ -152,15 +153,22 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         prepare_data(cfg)
         self.model = build_model(cfg, self.device)
+        fit(cfg, self.model.config)  # the model's own ctx_len and prompt layout, where asked
         self.trained_names = apply_freezing(self.model, cfg.trainable)
         self.model.rwkv.gradient_checkpointing = cfg.grad_checkpointing
 
         image_root = cfg.image_root or str(Path(cfg.data).parent)
-        self.dataset = LlavaDataset(cfg.data, image_root, tokenizer=self.model.tokenizer,
-                                    image_position=cfg.image_position, ctx_len=cfg.ctx_len,
-                                    tokens_per_image=self.model.vit.num_tokens,
-                                    text_only_positions=self.model.text_only_positions, max_rounds=cfg.max_rounds or None,
-                                    skip_bad_rows=cfg.skip_bad_rows, preprocess=self.model.vit.preprocess)
+        with announce_if_slow(f"reading {cfg.data}"):
+            self.dataset = LlavaDataset(cfg.data, image_root, tokenizer=self.model.tokenizer,
+                                        image_position=cfg.image_position, ctx_len=cfg.ctx_len,
+                                        tokens_per_image=self.model.vit.num_tokens,
+                                        text_only_positions=self.model.text_only_positions,
+                                        max_rounds=cfg.max_rounds or None,
+                                        skip_bad_rows=cfg.skip_bad_rows, preprocess=self.model.vit.preprocess)
+        if cfg.fit_to_data:
+            fitted = fit(cfg, self.model.config, len(self.dataset), self.dist.world_size)
+            self.log(f"fitted to {len(self.dataset)} samples and the model: "
+                     + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in fitted.items()))
         self.sampler = EpochSampler(len(self.dataset), seed=cfg.seed, rank=self.dist.rank,
                                     world_size=self.dist.world_size,
                                     lengths=self.dataset.approx_lengths() if cfg.length_grouping else None,
@@ -168,6 +176,7 @@ class Trainer:
         self.loader_kwargs = dict(batch_size=cfg.micro_batch_size, collate_fn=collate, num_workers=cfg.num_workers,
                                   drop_last=False)
         self.global_batch = cfg.micro_batch_size * cfg.grad_accum * self.dist.world_size
+        # an epoch is one pass: its last step may have fewer micro-batches (see `_steps`)
         steps_per_epoch = max(1, math.ceil(len(self.sampler.shard(0)) / (cfg.micro_batch_size * cfg.grad_accum)))
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
         self.step_module = self._wrap(TrainingStep(self.model, cfg.l2wrap))
@@ -270,17 +279,24 @@ class Trainer:
             dist.barrier()
 
     # ---- the loop -------------------------------------------------------------------------
-    def _batches(self):
-        """(micro-batch, epoch, position in the epoch after it) from the resume point on, across epochs."""
+    def _steps(self):
+        """(micro-batches of one optimizer step, epoch, position in the epoch after them) from the resume
+        point on: grad_accum micro-batches, fewer at the end of an epoch, so that a step never spans two
+        epochs and an epoch is exactly one pass over the data."""
         from torch.utils.data import DataLoader
 
         epoch, position = self.epoch, self.consumed
         while True:
             order = self.sampler.shard(epoch)[position:]
-            loader = DataLoader(self.dataset, sampler=order.tolist(), **self.loader_kwargs)
-            for batch in loader:
+            step = []
+            for batch in DataLoader(self.dataset, sampler=order.tolist(), **self.loader_kwargs):
                 position += len(batch["ids"])
-                yield batch, epoch, position
+                step.append(batch)
+                if len(step) == self.cfg.grad_accum:
+                    yield step, epoch, position
+                    step = []
+            if step:
+                yield step, epoch, position
             epoch, position = epoch + 1, 0
 
     def train(self) -> Path:
@@ -290,7 +306,7 @@ class Trainer:
             with atomic_write(self.out_dir / "train_config.json", "w") as f:
                 json.dump(cfg.to_dict(), f, indent=2)
         self.step_module.train()
-        batches = self._batches()
+        steps = self._steps()
         progress = None
         if cfg.progress and self.dist.is_main:
             from tqdm import tqdm
@@ -303,8 +319,7 @@ class Trainer:
             lr = lr_at(self.step, self.total_steps, cfg)
             for group in self.optimizer.param_groups:  # every group, decayed or not (SPEC §8.3 quirk 1)
                 group["lr"] = lr
-            fetched = [next(batches) for _ in range(cfg.grad_accum)]
-            micro = [b for b, _, _ in fetched]
+            micro, epoch, consumed = next(steps)
             local = sum(len(b["ids"]) for b in micro)
             total = torch.tensor([local], dtype=torch.float64)
             if self.dist.world_size > 1:
@@ -323,7 +338,7 @@ class Trainer:
                 loss_sum += per_sample.detach().sum().item()
                 tokens += int(batch["lengths"].sum())
                 skipped += len(batch["skipped"])
-            _, self.epoch, self.consumed = fetched[-1]
+            self.epoch, self.consumed = epoch, consumed
             grad_norm = None
             if cfg.grad_clip > 0:
                 params = [p for p in self.step_module.parameters() if p.grad is not None]
@@ -341,6 +356,9 @@ class Trainer:
                 record = {"step": self.step, "epoch": self.epoch, "loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
                           "samples": self.samples_seen, "skipped": skipped, "elapsed_s": time.perf_counter() - t_start}
                 skipped = 0
+                if progress is None:  # no bar: a line, so that a long run is never silent
+                    self.log(f"step {self.step}/{self.total_steps}: loss {mean_loss:.3f}, lr {lr:.2e} "
+                             f"({record['elapsed_s']:.0f} s)")
                 with open(self.metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 if writer is not None:
@@ -362,6 +380,7 @@ class Trainer:
         from ..eval.heldout import evaluate_heldout
 
         self.model.eval()
+        self.log(f"held-out evaluation on {self.cfg.eval_heldout}…")
         with torch.no_grad():
             result = evaluate_heldout(self.model, self.cfg.eval_heldout, progress=self.cfg.progress)
         self.log(f"held-out accuracy ({self.cfg.eval_heldout}):\n{result.markdown()}")
@@ -391,7 +410,8 @@ class Trainer:
                 model = VisualRWKV(self.model.config)
                 model.load_state_dict({k[len("model."):]: v for k, v in full.items()}, strict=True)
         if self.dist.is_main:
-            model.save_pretrained(final)
+            with announce_if_slow(f"writing {final}"):
+                model.save_pretrained(final)
             with atomic_write(final / "train_config.json", "w") as f:
                 json.dump(self.cfg.to_dict(), f, indent=2)
         if self.dist.world_size > 1:

@@ -105,6 +105,12 @@ def _load_split(data_dir: Path, scenes: dict, split: str, vit) -> tuple[torch.Te
     return pixels, labels, counts
 
 
+def _epoch_batches(n: int, batch_size: int, generator: torch.Generator):
+    """Index batches of one shuffled pass over n images after another (an epoch sees each image once)."""
+    while True:
+        yield from torch.randperm(n, generator=generator).split(batch_size)
+
+
 def pretrain_tiny_vision(cfg, log=print) -> Path:
     """Build the model of `cfg.model`, pretrain its tiny vision encoder, save it to out_dir/final."""
     torch.manual_seed(cfg.seed)
@@ -127,11 +133,11 @@ def pretrain_tiny_vision(cfg, log=print) -> Path:
     vit.train()
     params = list(vit.parameters()) + list(probe.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    steps = cfg.max_steps or math.ceil(cfg.epochs * len(pixels) / cfg.micro_batch_size)
-    g = torch.Generator().manual_seed(cfg.seed)
+    steps = cfg.max_steps or math.ceil(cfg.epochs * math.ceil(len(pixels) / cfg.micro_batch_size))
+    batches = _epoch_batches(len(pixels), cfg.micro_batch_size, torch.Generator().manual_seed(cfg.seed))
     t0 = time.perf_counter()
     for step in range(steps):
-        idx = torch.randint(0, len(pixels), (cfg.micro_batch_size,), generator=g)
+        idx = next(batches)
         tokens = vit(pixels[idx])
         loss = probe.loss(tokens, labels[idx], counts[idx])
         for group in optimizer.param_groups:
