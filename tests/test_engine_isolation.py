@@ -45,7 +45,9 @@ def test_a_short_request_beside_a_huge_one_waits_for_a_bounded_amount_of_prefill
         assert handles["short"].result(timeout=120).completion_tokens == 4
         handles["huge"].result(timeout=120)
     before_short_done = sum(n for n, short_done in log if not short_done)
-    assert sum(n for n, _ in log) == huge_positions + engine.count_prompt_tokens(short)
+    # the log counts ids; both prompts are text-only, and their text-only slots are positions too
+    slots = 2 * tiny_vlm.text_only_positions
+    assert sum(n for n, _ in log) + slots == huge_positions + engine.count_prompt_tokens(short)
     # the short prompt itself, then at most one chunk per step for its prefill and 4 decode steps
     assert before_short_done <= engine.count_prompt_tokens(short) + 8 * chunk, before_short_done
     assert max(n for n, _ in log) <= chunk

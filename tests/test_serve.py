@@ -340,7 +340,8 @@ def test_plain_completions_with_the_official_client(tiny_vlm, engine, client):
                              SamplingParams(max_tokens=12, **GREEDY)).result()
     assert r.object == "text_completion" and r.id.startswith("cmpl-")
     assert r.choices[0].text == expected.text and r.choices[0].finish_reason == expected.finish_reason
-    assert r.usage.prompt_tokens == len(tiny_vlm.tokenizer.encode(prompt))
+    # a plain text is a text-only sequence: the v6.0 text-only slot's positions come before it
+    assert r.usage.prompt_tokens == tiny_vlm.text_only_positions + len(tiny_vlm.tokenizer.encode(prompt))
     chunks = list(client.completions.create(model=MODEL, prompt=[prompt], max_tokens=12, stream=True, **GREEDY))
     assert "".join(c.choices[0].text for c in chunks) == expected.text
     assert chunks[-1].choices[0].finish_reason == expected.finish_reason

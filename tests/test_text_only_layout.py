@@ -58,7 +58,7 @@ def official_text_only_logits(model: VisualRWKV, text: list[int], prefix: int = 
         if i % 2 == 1:
             x = x.clone()
             x[:, start:end] = x[:, start:end].flip(1)
-        x, _ = block(x)
+        x = block(x)[0]
         if i % 2 == 1:
             x = x.clone()
             x[:, start:end] = x[:, start:end].flip(1)

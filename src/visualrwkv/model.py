@@ -253,14 +253,17 @@ class VisualRWKV(nn.Module):
 
     # ---- inference --------------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, input_ids: Sequence[int], images: Sequence = (), state: RWKVState | None = None):
+    def prefill(self, input_ids: Sequence[int], images: Sequence = (), state: RWKVState | None = None,
+                continuation: bool | None = None):
         """Run a prompt (ids with sentinels + its images) from `state`; returns (last logits [V], state).
 
-        Without a state the prompt begins a sequence, so a text-only one gets the text-only layout."""
+        Without a state the prompt begins a sequence, so a text-only one gets the text-only layout;
+        `continuation=True` says it does not (a piece of a longer prompt, e.g. the text before its image)."""
         pixel_values = images if isinstance(images, Tensor) else self.preprocess(list(images))
         embeds = self.encode_images(pixel_values) if len(pixel_values) else \
             torch.zeros(0, self.vit.num_tokens, self.config.rwkv.n_embd, device=self.device)
-        batch = self.splice([input_ids], [embeds], continuation=state is not None)
+        continuation = state is not None if continuation is None else continuation
+        batch = self.splice([input_ids], [embeds], continuation=continuation)
         logits, state = self.forward_embeds(batch.embeds, batch.spans, state, logits="last")
         return logits[0], state
 

@@ -512,7 +512,9 @@ class Engine:
         start, end = job.chunks.popleft()
         segment = prompt.ids[start:end]
         images = [prompt.image.image] if IMAGE_TOKEN_INDEX in segment else []
-        job.logits, job.state = self.model.prefill(segment, images, job.state)
+        # only a text-only prompt's first chunk begins with the text-only slot (not the text before an image)
+        job.logits, job.state = self.model.prefill(segment, images, job.state,
+                                                   continuation=job.state is not None or prompt.image is not None)
         if end in job.keys:
             self._cache.put(job.keys[end], _PrefixEntry(job.state, job.logits))
         n = self._prompt_positions(prompt, end) - self._prompt_positions(prompt, start)

@@ -333,6 +333,7 @@ def resolve(config: str, overrides: dict[str, str], runs_dir: str = "runs") -> l
             merged["out_dir"] = os.path.join(merged["out_dir"], f"stage{i}")
         cfg = TrainConfig.from_dict(merged)
         if cfg.task == "vlm" and not cfg.data:
-            raise ValueError(f"--config {config}: set --data (a LLaVA JSON/JSONL file) for the model to train on")
+            raise ValueError(f"--config {config}: no training data: set --data FILE (LLaVA-format conversations, "
+                             ".json or .jsonl) for the model to train on")
         resolved.append(cfg)
     return resolved
