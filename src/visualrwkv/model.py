@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .constants import END_OF_TEXT, IGNORE_INDEX, IMAGE_TOKEN_INDEX, STOP_TOKEN_INDEX
 from .rwkv.checkpoint import CheckpointError, config_from_state_dict, read_state_dict, strip_prefix
+from .rwkv import precision
 from .rwkv.model import RWKV, RWKVConfig, RWKVState
 from .rwkv.tokenizer import Tokenizer
 from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, scan_permutation
@@ -253,28 +254,40 @@ class VisualRWKV(nn.Module):
         return self.tokenizer.decode(tokens).split("\n\n")[0].strip()
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        """config.json + model.safetensors (everything, the vision tower included), written atomically."""
+    def save_pretrained(self, directory: str | os.PathLike, dtype: str | torch.dtype | None = None) -> None:
+        """config.json + model.safetensors (everything, the vision tower included), written atomically.
+        `dtype` (float): the LM's large matrices and the vision side in it, the rest of the LM fp32
+        (rwkv/precision.py); a quantized LM is written as it is (codes and scales)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = self.config.to_dict()
         config["vision"] = portable_vision_config(self.vit, self.config.vision).to_dict()
+        lm = precision.stored_state_dict(self.rwkv, dtype, prefix="rwkv.")
         tensors = {}
         for k, v in self.state_dict().items():
-            v = v.detach()
-            if dtype is not None and v.is_floating_point():
-                v = v.to(dtype)
-            tensors[k] = v.contiguous().cpu()
-        atomic_save_file(lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}), directory / WEIGHTS_NAME)
+            if k in lm:
+                v = lm[k]
+            elif dtype is not None and v.is_floating_point():
+                v = v.to(precision.float_dtype(dtype))
+            tensors[k] = v.detach().contiguous().cpu()
+        metadata = {"format": "pt"}
+        if precision.current_precision(self.rwkv) in precision.QUANTIZED:
+            metadata["quantization"] = json.dumps(precision.quantization_info(self.rwkv))
+        atomic_save_file(lambda tmp: save_file(tensors, tmp, metadata=metadata), directory / WEIGHTS_NAME)
         with atomic_write(directory / CONFIG_NAME, "w") as f:
             json.dump(config, f, indent=2)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+    def from_pretrained(cls, path: str | os.PathLike, dtype: str | torch.dtype | None = None,
                         device: str | torch.device = "cpu") -> "VisualRWKV":
         """Our directory format, an official full `VisualRWKV-v060-*.pth`, or an exported
-        `*_rwkv.pth` (with its `*_visual.pth` beside it)."""
+        `*_rwkv.pth` (with its `*_visual.pth` beside it).
+
+        `dtype`: a torch float dtype or one of `precision.PRECISIONS`: the LM's large matrices in it
+        (int8/int4: quantized, from a float file on load), the rest of the LM fp32, the vision tower and
+        projector in the float dtype (fp32 for int8/int4); None: float32, or a quantized file's format."""
         path = Path(path)
+        lm_sd: dict[str, Tensor] = {}
         if path.is_dir():
             config_path = path / CONFIG_NAME
             if not config_path.is_file():
@@ -285,10 +298,21 @@ class VisualRWKV(nn.Module):
                 raise ValueError(f"{config_path}: invalid config ({e})") from e
             sd = read_state_dict(path / WEIGHTS_NAME)
             model = cls(config)
+            lm_sd = strip_prefix(sd, "rwkv.")
+            precision.prepare_for_state_dict(model.rwkv, lm_sd, str(path / WEIGHTS_NAME))
             _load_strict(model, sd, str(path / WEIGHTS_NAME))
         else:
             model = import_official(path)
-        return model.to(device=device, dtype=dtype).eval()
+        return model.set_precision(precision.resolve(dtype, lm_sd)).to(device=device).eval()
+
+    def set_precision(self, dtype: str | torch.dtype) -> "VisualRWKV":
+        """The LM's large matrices in `dtype` (a float dtype, int8 or int4), the rest of the LM fp32, the
+        vision tower and projector in the float dtype (fp32 for int8/int4); in place (rwkv/precision.py)."""
+        name = precision.precision_name(dtype)
+        self.vit.to(precision.float_dtype(name))
+        self.proj.to(precision.float_dtype(name))
+        precision.set_precision(self.rwkv, name)
+        return self
 
 
 def _load_strict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:

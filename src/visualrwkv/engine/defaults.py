@@ -13,10 +13,10 @@ from visualrwkv.model import CONFIG_NAME, VisualRWKV
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
 
 
-def load_model(path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
+def load_model(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | None = None,
                device: str | torch.device = "cpu", compile: bool = False) -> VisualRWKV:
     """The model at `path` (a visualrwkv directory or an official checkpoint), else the shipped default;
-    `compile`: decode with torch.compile where the compiled CPU step does not apply (`RWKV.compile_step`)."""
+    `dtype` as in `VisualRWKV.from_pretrained` (rwkv/precision.py); `compile`: decode with torch.compile where the compiled CPU step does not apply (`RWKV.compile_step`)."""
     if path is None:
         if not (DEFAULT_MODEL_DIR / CONFIG_NAME).is_file():
             raise FileNotFoundError(
