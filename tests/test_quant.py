@@ -186,3 +186,18 @@ def _png(color) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), color).save(buf, "PNG")
     return buf.getvalue()
+
+
+def test_heldout_quality_against_fp32(tiny_vlm, tmp_path):
+    from visualrwkv.bench.quality import heldout_quality, quality_table
+    from visualrwkv.data.shapes import generate_shapes_dataset
+
+    data = generate_shapes_dataset(tmp_path, num_train_images=1, num_test_images=2)["test"]
+    before = tiny_vlm.rwkv.head.weight.clone()
+    rows = {r.precision: r for r in heldout_quality(tiny_vlm, data, ["int8", "int4"], limit=3)}
+    assert torch.equal(tiny_vlm.rwkv.head.weight, before)  # the shared model is left as it was
+    fp32, int8, int4 = rows["float32"], rows["int8"], rows["int4"]
+    assert fp32.questions == 3 and fp32.answer_tokens >= 3
+    assert (fp32.perplexity_delta, fp32.max_abs_diff, fp32.greedy_agreement) == (0, 0, 1)
+    assert 0 < int8.mean_abs_diff < int4.mean_abs_diff and int8.perplexity > 1
+    assert "| int4 | 3 |" in quality_table(list(rows.values()))

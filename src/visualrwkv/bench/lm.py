@@ -361,19 +361,29 @@ def run(args) -> int:
     print(markdown_table(rows))
     print()
     print(accuracy_table(checks))
+    quality = []
+    if args.heldout:
+        from ..engine.defaults import load_model
+        from .quality import heldout_quality, quality_table
+
+        quality = heldout_quality(load_model(args.heldout_model, dtype="float32"), args.heldout,
+                                  [d for d in args.dtypes if d != "float32"], args.heldout_limit or None)
+        print()
+        print(quality_table(quality))
     for note in dict.fromkeys(notes):
         print(f"note: {note}")
     if args.out:
         with atomic_write(args.out, "w") as f:
             json.dump({"threads": torch.get_num_threads(), "torch": torch.__version__,
                        "loadavg": list(os.getloadavg()), "notes": list(dict.fromkeys(notes)),
-                       "rows": [asdict(r) for r in rows], "accuracy": [asdict(r) for r in checks]}, f, indent=2)
+                       "rows": [asdict(r) for r in rows], "accuracy": [asdict(r) for r in checks],
+                       "heldout": [asdict(r) for r in quality]}, f, indent=2)
     return 0
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--configs", nargs="+", default=["256x4", "768x12"], metavar="CxL",
-                   help="model sizes as WIDTHxLAYERS (default: 256x4 768x12)")
+    p.add_argument("--configs", nargs="*", default=["256x4", "768x12"], metavar="CxL",
+                   help="model sizes as WIDTHxLAYERS (default: 256x4 768x12; none: no speed runs)")
     p.add_argument("--prompt", nargs="+", type=int, default=[1024, 4096], help="prefill lengths")
     p.add_argument("--decode-steps", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
@@ -389,5 +399,10 @@ def add_arguments(p) -> None:
                    help="also measure the PyTorch decode step under torch.compile (compiles for ~1 min at 768x12)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--bandwidth-buffer-mib", type=int, default=512, help="size of the copy-bandwidth buffer")
+    p.add_argument("--heldout", metavar="JSON",
+                   help="also score each precision against fp32 on these held-out QA rows (e.g. `visualrwkv data "
+                        "shapes`' test.json): perplexity, its change, |Δlogit| and greedy agreement (bench/quality.py)")
+    p.add_argument("--heldout-model", help="the model --heldout scores (default: the shipped tiny model)")
+    p.add_argument("--heldout-limit", type=int, default=300, help="rows of --heldout to score (0: all)")
     p.add_argument("--out", help="write the results as JSON here")
     p.set_defaults(func=run)
