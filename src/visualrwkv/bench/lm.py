@@ -358,9 +358,10 @@ def run(args) -> int:
                              bandwidth_buffer=args.bandwidth_buffer_mib << 20, batch=args.batch, bf16=args.bf16,
                              compile=args.compile, dtypes=tuple(args.dtypes), llama_cpp=not args.no_llama_cpp,
                              accuracy_steps=args.accuracy_steps, notes=notes, accuracy_rows=checks)
-    print(markdown_table(rows))
-    print()
-    print(accuracy_table(checks))
+    if rows:
+        print(markdown_table(rows))
+        print()
+        print(accuracy_table(checks))
     quality = []
     if args.heldout:
         from ..engine.defaults import load_model
