@@ -24,6 +24,7 @@ from . import hub
 from .constants import END_OF_TEXT, IGNORE_INDEX, IMAGE_TOKEN_INDEX, STOP_TOKEN_INDEX
 from .rwkv.checkpoint import (CheckpointError, config_from_state_dict, drop_ignored_keys, read_state_dict,
                                read_tensor_shapes, strip_prefix)
+from .rwkv import precision
 from .rwkv.model import RWKV, RWKVConfig, RWKVState
 from .rwkv.tokenizer import Tokenizer
 from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, scan_permutation
@@ -294,21 +295,28 @@ class VisualRWKV(nn.Module):
         return self.tokenizer.decode(tokens).split("\n\n")[0].strip()
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None,
+    def save_pretrained(self, directory: str | os.PathLike, dtype: str | torch.dtype | None = None,
                         repo_id: str | None = None) -> None:
         """config.json + model.safetensors (everything, the vision tower included), written atomically,
-        and a model card (README.md, naming `repo_id` if given): a folder ready for the Hub."""
+        and a model card (README.md, naming `repo_id` if given): a folder ready for the Hub.
+        `dtype` (float): the LM's large matrices and the vision side in it, the rest of the LM fp32
+        (rwkv/precision.py); a quantized LM is written as it is (codes and scales)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = self.config.to_dict()
         config["vision"] = portable_vision_config(self.vit, self.config.vision).to_dict()
+        lm = precision.stored_state_dict(self.rwkv, dtype, prefix="rwkv.")
         tensors = {}
         for k, v in self.state_dict().items():
-            v = v.detach()
-            if dtype is not None and v.is_floating_point():
-                v = v.to(dtype)
-            tensors[k] = v.contiguous().cpu()
-        atomic_save_file(lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}), directory / WEIGHTS_NAME)
+            if k in lm:
+                v = lm[k]
+            elif dtype is not None and v.is_floating_point():
+                v = v.to(precision.float_dtype(dtype))
+            tensors[k] = v.detach().contiguous().cpu()
+        metadata = {"format": "pt"}
+        if precision.current_precision(self.rwkv) in precision.QUANTIZED:
+            metadata["quantization"] = json.dumps(precision.quantization_info(self.rwkv))
+        atomic_save_file(lambda tmp: save_file(tensors, tmp, metadata=metadata), directory / WEIGHTS_NAME)
         with atomic_write(directory / CONFIG_NAME, "w") as f:
             json.dump(config, f, indent=2)
         hub.write_model_card(directory, config, repo_id)
@@ -325,21 +333,26 @@ class VisualRWKV(nn.Module):
                                      commit_message=commit_message, token=token)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+    def from_pretrained(cls, path: str | os.PathLike, dtype: str | torch.dtype | None = None,
                         device: str | torch.device = "cpu", *, revision: str | None = None,
                         filename: str | None = None, download: bool = False) -> "VisualRWKV":
         """Our directory format, an official full `VisualRWKV-v060-*.pth`, or an exported
         `*_rwkv.pth` (with its `*_visual.pth` beside it); given by path, by a shipped model's name
         ("tiny"), or by Hub id (`org/name[@revision][/file]`, read from the huggingface_hub cache and
-        downloaded only with `download=True`; see visualrwkv.hub)."""
+        downloaded only with `download=True`; see visualrwkv.hub).
+
+        `dtype`: a torch float dtype or one of `precision.PRECISIONS`: the LM's large matrices in it
+        (int8/int4: quantized, from a float file on load), the rest of the LM fp32, the vision tower and
+        projector in the float dtype (fp32 for int8/int4); None: float32, or a quantized file's format."""
         path = hub.resolve_model(path, revision=revision, filename=filename, download=download)
+        lm_sd: dict[str, Tensor] = {}
         if path.is_dir():
             config_path = path / CONFIG_NAME
             if not config_path.is_file():
                 from .train.checkpoint import is_step_checkpoint, load_step_model
 
                 if is_step_checkpoint(path):  # a training run's step-N folder
-                    return load_step_model(path).to(device=device, dtype=dtype)
+                    return load_step_model(path).set_precision(precision.resolve(dtype, {})).to(device=device).eval()
                 raise FileNotFoundError(f"{path} has no {CONFIG_NAME}: not a visualrwkv model directory")
             weights = path / WEIGHTS_NAME
             shapes = read_tensor_shapes(weights)  # the header alone
@@ -349,13 +362,27 @@ class VisualRWKV(nn.Module):
                     skeleton = cls(config)
             except (ValueError, TypeError, AttributeError, RecursionError) as e:
                 raise ValueError(f"{config_path}: invalid config: {e}") from None
+            with torch.device("meta"):  # quantized matrices, where the file holds codes and scales
+                precision.prepare_for_state_dict(skeleton.rwkv, strip_prefix(shapes, "rwkv."), str(weights))
             # the config's sizes checked against the file's before any memory is allocated
             _load_strict(skeleton, shapes, f"{weights} (with {CONFIG_NAME})")
             model = cls(config)
-            _load_strict(model, read_state_dict(weights), str(weights))
+            sd = read_state_dict(weights)
+            lm_sd = strip_prefix(sd, "rwkv.")
+            precision.prepare_for_state_dict(model.rwkv, lm_sd, str(weights))
+            _load_strict(model, sd, str(weights))
         else:
             model = import_official(path)
-        return model.to(device=device, dtype=dtype).eval()
+        return model.set_precision(precision.resolve(dtype, lm_sd)).to(device=device).eval()
+
+    def set_precision(self, dtype: str | torch.dtype) -> "VisualRWKV":
+        """The LM's large matrices in `dtype` (a float dtype, int8 or int4), the rest of the LM fp32, the
+        vision tower and projector in the float dtype (fp32 for int8/int4); in place (rwkv/precision.py)."""
+        name = precision.precision_name(dtype)
+        self.vit.to(precision.float_dtype(name))
+        self.proj.to(precision.float_dtype(name))
+        precision.set_precision(self.rwkv, name)
+        return self
 
 
 def _load_strict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:

@@ -313,7 +313,8 @@ def add_arguments(p) -> None:
     p.add_argument("--vision", choices=sorted(VISION_PRESETS), default="L14-336", help="CLIP tower size (both sides)")
     p.add_argument("--llama-intermediate", type=int, default=2048, help="Llama MLP width (default 2048)")
     p.add_argument("--attn", choices=ATTN_IMPLEMENTATIONS, default="sdpa", help="LLaVA attention implementation")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "int8", "int4"), default="float32",
+                   help="both sides' dtype; int8/int4 quantize our language model only, LLaVA stays float32")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--threads", type=int, help="torch threads per worker (default: torch's choice)")
     p.add_argument("--job-timeout", type=float, default=0, help="seconds before a measurement is abandoned (0: none)")

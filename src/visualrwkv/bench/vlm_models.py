@@ -22,6 +22,7 @@ VISION_PRESETS = {
                  image_size=32, patch_size=8, projection_dim=64, hidden_act="quick_gelu"),
 }
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+BENCH_DTYPES = ("float32", "bfloat16", "int8", "int4")  # int8/int4: our LM only (LLaVA stays float32)
 SIDES = ("visualrwkv", "llava")
 
 
@@ -44,8 +45,8 @@ class VLMBenchConfig:
     def __post_init__(self):
         if self.vision not in VISION_PRESETS:
             raise ValueError(f"vision must be one of {sorted(VISION_PRESETS)}, got {self.vision!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.dtype not in BENCH_DTYPES:
+            raise ValueError(f"dtype must be one of {BENCH_DTYPES}, got {self.dtype!r}")
         if self.attn not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn must be one of {ATTN_IMPLEMENTATIONS}, got {self.attn!r}")
         if self.llama_hidden % self.llama_heads:
@@ -58,7 +59,8 @@ class VLMBenchConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+        """LLaVA's dtype, and our vision side's: the float dtype, float32 for int8/int4 (only our LM is quantized)."""
+        return DTYPES.get(self.dtype, torch.float32)
 
     @property
     def image_token_id(self) -> int:
@@ -91,7 +93,7 @@ def build_visualrwkv(config: VLMBenchConfig):
         vision=VisionConfig("clip", hf_config=config.vision_config)))
     model.rwkv.load_state_dict(random_rwkv6_state_dict(config.rwkv_n_embd, config.rwkv_n_layer, config.vocab_size,
                                                        seed=config.seed))
-    model = model.to(device=config.device, dtype=config.torch_dtype).eval()
+    model = model.set_precision(config.dtype).to(device=config.device).eval()  # rwkv/precision.py
     model.rwkv.use_gemv_layout()
     return model
 

@@ -116,7 +116,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from visualrwkv.engine.model_args import load_model_from_args, torch_dtype
+    from visualrwkv.engine.model_args import load_model_from_args
     from visualrwkv.utils import atomic_write
 
     if args.random:
@@ -124,7 +124,8 @@ def run(args) -> int:
             n_embd, n_layer = (int(x) for x in args.random.lower().split("x"))
         except ValueError:
             raise ValueError(f"--random must look like 768x12 (WIDTHxLAYERS), got {args.random!r}") from None
-        model = random_model(n_embd, n_layer).to(device=args.device, dtype=torch_dtype(args.dtype))
+        model = random_model(n_embd, n_layer).set_precision(args.dtype or "float32").to(args.device)
+        model.rwkv.use_gemv_layout()
         if args.compile:
             model.rwkv.compile_step()
         name = f"random C{n_embd}/L{n_layer}"

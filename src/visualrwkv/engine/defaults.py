@@ -14,11 +14,12 @@ from visualrwkv.model import CONFIG_NAME, VisualRWKV
 DEFAULT_MODEL_DIR = hub.TINY_MODEL
 
 
-def load_model(path: str | os.PathLike | None = None, *, dtype: torch.dtype = torch.float32,
+def load_model(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | None = None,
                device: str | torch.device = "cpu", compile: bool = False, download: bool = False,
                text_only_layout: str | None = None) -> VisualRWKV:
     """The model `path` names (a visualrwkv directory, an official checkpoint, "tiny" or a Hub id;
-    see visualrwkv.hub), else the default; `compile`: decode with torch.compile where the compiled
+    see visualrwkv.hub), else the default; `dtype` as in `VisualRWKV.from_pretrained`
+    (rwkv/precision.py); `compile`: decode with torch.compile where the compiled
     CPU step does not apply (`RWKV.compile_step`); `download`: fetch a Hub id that is not cached;
     `text_only_layout`: overrides the model config's layout of prompts without an image."""
     device = check_device(device)  # before the (slow) load

@@ -1,12 +1,12 @@
 """--model, --dtype, --device and --compile: how every command that runs a model picks and places it.
 
 Kept free of torch imports, so building the CLI's parsers (`visualrwkv --help`) stays instant.
-Dtype names are torch's, as in `visualrwkv convert --dtype` and `bench vlm --dtype`.
+Float dtype names are torch's, as in `visualrwkv convert --dtype` and `bench vlm --dtype`.
 """
 
 from __future__ import annotations
 
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "int8", "int4")  # = rwkv.precision.PRECISIONS
 TEXT_ONLY_LAYOUTS = ("image-slot", "plain")  # = visualrwkv.model.TEXT_ONLY_LAYOUTS (no torch import here)
 
 
@@ -15,9 +15,11 @@ def add_model_arguments(p, what: str = "a model folder, an official .pth, \"tiny
     p.add_argument("--model", help=f"{what} (default: $VISUALRWKV_MODEL, else the shipped tiny model)")
     p.add_argument("--download", action="store_true",
                    help="fetch a Hub model that is not in the Hugging Face cache yet (otherwise nothing is downloaded)")
-    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
-                   help="weights' dtype (default float32; bfloat16 halves the memory and the bytes a decode step "
-                        "reads; the recurrent WKV state stays float32)")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None,
+                   help="the language model's large matrices (projections, FFN, head, embedding) in this precision; "
+                        "everything else, the state and the decoding arithmetic stay float32. bfloat16 halves the "
+                        "bytes a decode step reads, int8 and int4 (quantized on load, or as stored by `visualrwkv "
+                        "quantize`) take ~0.27 and ~0.14 of fp32's. Default: float32, or a quantized model's format")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--compile", action="store_true",
                    help="decode with torch.compile where the compiled CPU step does not apply (a GPU, more than "
@@ -28,14 +30,8 @@ def add_model_arguments(p, what: str = "a model folder, an official .pth, \"tiny
                         "plain = the text alone (default: the model config's; image-slot for v6.0 models)")
 
 
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
 def load_model_from_args(args):
     from .defaults import load_model
 
-    return load_model(args.model, dtype=torch_dtype(args.dtype), device=args.device, compile=args.compile,
+    return load_model(args.model, dtype=args.dtype, device=args.device, compile=args.compile,
                       text_only_layout=getattr(args, "text_only_layout", None), download=getattr(args, "download", False))

@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..utils import atomic_save_file, why_missing
+from . import precision
 from .model import RWKV, RWKVConfig
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -61,7 +62,15 @@ def read_tensor_shapes(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a `.safetensors` file as meta tensors of their shapes, from its header alone:
     a config can be checked against the weights before any memory is allocated."""
     with _open_safetensors(Path(path)) as f:
-        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+        return {k: torch.empty(f.get_slice(k).get_shape(), dtype=_SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(),
+                                                                               torch.float32), device="meta")
+                for k in f.keys()}
+
+
+# the header's dtype names; quantized files are told apart by theirs (int8 codes, packed uint8 int4)
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                       "BOOL": torch.bool}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -107,7 +116,7 @@ def detect_version(sd: dict[str, torch.Tensor]) -> str:
 def _shape(sd, key) -> tuple[int, ...]:
     if key not in sd:
         raise CheckpointError(f"missing key {key!r}, needed to infer the model size")
-    return tuple(sd[key].shape)
+    return precision.float_shape(sd, key)
 
 
 def config_from_state_dict(sd: dict[str, torch.Tensor]) -> RWKVConfig:
@@ -168,10 +177,12 @@ def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source
         raise CheckpointError(f"{source} does not match the model:\n  " + "\n  ".join(problems))
 
 
-def load_rwkv(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+def load_rwkv(path: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu",
               prefix: str | None = None) -> RWKV:
     """Load an RWKV-6 or RWKV-7 language model from an official `.pth` or a safetensors file.
 
+    `dtype`: a torch float dtype or one of `precision.PRECISIONS` (reduced or quantized large matrices,
+    everything else fp32: rwkv/precision.py); None: float32, or the file's int8/int4 if it is quantized.
     `prefix` selects a sub-model (e.g. "rwkv." in a full VisualRWKV checkpoint); by default "rwkv."
     is stripped when every LM key carries it.
     """
@@ -185,16 +196,22 @@ def load_rwkv(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, de
     meta = read_metadata(path)
     if "rwkv_config" in meta and RWKVConfig.from_dict(json.loads(meta["rwkv_config"])) != config:
         raise CheckpointError(f"{path}: the stored config disagrees with the tensor shapes")
+    run_in = precision.resolve(dtype, sd)
     with torch.device("meta"):
         model = RWKV(config)
+    precision.prepare_for_state_dict(model, sd, str(path))
     check_state_dict(model, sd, str(path))
-    model = model.to_empty(device=device).to(dtype)
-    model.load_state_dict(sd, strict=True)  # copies, casting each tensor to the model dtype
-    return model.eval()
+    model = model.to_empty(device=device)
+    model.load_state_dict(sd, strict=True)  # copies, casting float tensors to fp32
+    return precision.set_precision(model, run_in).eval()
 
 
-def save_rwkv(model: RWKV, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-    """Write the LM as safetensors (atomically), with its config in the metadata."""
-    tensors = {k: (v.to(dtype) if dtype else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def save_rwkv(model: RWKV, path: str | os.PathLike, dtype: str | torch.dtype | None = None) -> None:
+    """Write the LM as safetensors (atomically), with its config in the metadata; `dtype` stores the
+    large matrices in that float dtype and the rest in fp32 (rwkv/precision.py; quantize with
+    `precision.set_precision` first)."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in precision.stored_state_dict(model, dtype).items()}
     meta = {"format": "pt", "rwkv_config": json.dumps(model.config.to_dict())}
+    if precision.current_precision(model) in precision.QUANTIZED:
+        meta["quantization"] = json.dumps(precision.quantization_info(model))
     atomic_save_file(lambda tmp: save_file(tensors, tmp, metadata=meta), path)

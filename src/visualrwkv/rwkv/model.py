@@ -291,7 +291,9 @@ class RWKV(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.emb.weight.dtype
+        """The activations' and the carried shifts' dtype: fp32 unless the whole model was cast
+        (large matrices may be stored reduced or quantized, see rwkv/precision.py)."""
+        return self.ln_out.weight.dtype
 
     def embed(self, tokens: Tensor) -> Tensor:
         if tokens.dtype != torch.long:
@@ -299,7 +301,7 @@ class RWKV(nn.Module):
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
             bad = tokens[(tokens < 0) | (tokens >= self.config.vocab_size)][0].item()
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
-        return self.emb(tokens)
+        return self.emb(tokens).to(self.dtype)
 
     def forward(self, inputs: Tensor, state: RWKVState | None = None, *, logits: LogitsMode = "all"):
         """Run the model over `inputs` from `state` (None: a fresh sequence).
