@@ -15,14 +15,10 @@ float64, for checking gradients); outputs are in that dtype.
 
 from __future__ import annotations
 
-import functools
-import inspect
-import os
-
 import torch
 from torch import Tensor
 
-from .wkv6 import LOG_DECAY_FLOOR, SEGMENT, _exclusive_cumsum
+from .wkv6 import LOG_DECAY_FLOOR, SEGMENT, _exclusive_cumsum, fla_op
 
 DEFAULT_CHUNK = 16
 
@@ -182,25 +178,9 @@ def wkv7(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
     return wkv7_chunked(r, log_w, k, v, a, b, state)
 
 
-_FLA_UNSET = object()
-_fla = _FLA_UNSET
-
-
 def fla_kernel():
-    """flash-linear-attention's chunked RWKV-7 Triton kernel, or None (not installed, no Triton, or
-    VISUALRWKV_FLA=0). Looked up once; the layout is named where the kernel takes it."""
-    global _fla
-    if _fla is _FLA_UNSET:
-        _fla = None
-        if os.environ.get("VISUALRWKV_FLA", "1") != "0":
-            try:
-                from fla.ops.rwkv7 import chunk_rwkv7
-            except Exception:  # ImportError, or Triton failing to initialise
-                chunk_rwkv7 = None
-            if chunk_rwkv7 is not None:
-                takes_layout = "head_first" in inspect.signature(chunk_rwkv7).parameters
-                _fla = functools.partial(chunk_rwkv7, head_first=False) if takes_layout else chunk_rwkv7
-    return _fla
+    """fla's chunked RWKV-7 kernel, or None (see `wkv6.fla_op`)."""
+    return fla_op("fla.ops.rwkv7", "chunk_rwkv7")
 
 
 def wkv7_fla(kernel, r, log_w, k, v, a, b, state=None):
