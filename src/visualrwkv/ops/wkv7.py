@@ -15,6 +15,9 @@ float64, for checking gradients); outputs are in that dtype.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import Tensor
 
@@ -184,10 +187,14 @@ def fla_kernel():
 
 
 def wkv7_fla(kernel, r, log_w, k, v, a, b, state=None):
-    """fla's `chunk_rwkv7(r, w, k, v, a, b)` takes our [B,T,H,N] layout with w the log-decay, scale 1;
-    its state is [B,H,key,value], the transpose of ours."""
+    """fla's `chunk_rwkv7` takes our [B,T,H,N] layout, scale 1; its state is [B,H,key,value], the transpose
+    of ours. The log-decay goes in by name: `w` in most fla versions, `log_w` in those where `w` is the
+    pre-exponential value; so every input goes in by name."""
     B, T, H, N = r.shape
     S0 = _initial_state(state, B, H, N, r).transpose(-1, -2).contiguous()
-    y, S = kernel(*(x.float() for x in (r, log_w.clamp_min(LOG_DECAY_FLOOR), k, v, a, b)), scale=1.0,
+    target = kernel.func if isinstance(kernel, functools.partial) else kernel
+    decay_name = "log_w" if "log_w" in inspect.signature(target).parameters else "w"
+    y, S = kernel(r=r.float(), k=k.float(), v=v.float(), a=a.float(), b=b.float(),
+                  **{decay_name: log_w.float().clamp_min(LOG_DECAY_FLOOR)}, scale=1.0,
                   initial_state=S0, output_final_state=True)
     return y.float(), S.float().transpose(-1, -2)
