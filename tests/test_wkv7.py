@@ -120,3 +120,29 @@ def test_chunked_matches_recurrent_property(T, H, N, seed, chunk):
     y, S = wkv7_chunked(*args, chunk_size=chunk)
     y_ref, S_ref = reference(args)
     assert rel_err(y, y_ref) <= 1e-5 and rel_err(S, S_ref) <= 1e-5
+
+
+def test_fla_call_passes_layout_state_orientation_and_decay_by_name():
+    """No GPU here: stand-ins with the two signatures fla's chunk_rwkv7 has had, computing by the
+    recurrence in fla's state orientation [key, value], check what `wkv7_fla` hands them."""
+    import functools
+
+    from visualrwkv.ops.wkv7 import wkv7_fla
+
+    def fla_w(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=True, cu_seqlens=None,
+              head_first=False):
+        assert scale == 1.0 and not head_first and output_final_state
+        y, S = wkv7_recurrent(r, w, k, v, a, b, initial_state.transpose(-1, -2))
+        return y, S.transpose(-1, -2)
+
+    def fla_log_w(r, k, v, a, b, w=None, log_w=None, scale=1.0, initial_state=None, output_final_state=True,
+                  cu_seqlens=None, head_first=False):
+        assert w is None
+        return fla_w(r, log_w, k, v, a, b, scale, initial_state, output_final_state, cu_seqlens, head_first)
+
+    args = inputs(1, 5, 2, 8, seed=13)
+    state = torch.randn(1, 2, 8, 8)
+    y_ref, S_ref = reference(args, state)
+    for kernel in (functools.partial(fla_w, head_first=False), fla_log_w):
+        y, S = wkv7_fla(kernel, *args, state)
+        assert rel_err(y, y_ref) <= 1e-6 and rel_err(S, S_ref) <= 1e-6

@@ -9,6 +9,20 @@ import torch
 from .rwkv.model import RWKV, RWKVConfig
 
 
+LAYER_NORM_WEIGHTS = ("ln0.weight", "ln1.weight", "ln2.weight", "ln_out.weight", "ln_x.weight")
+
+
+def _random_shared(name: str, shape, g: torch.Generator) -> torch.Tensor:
+    """What both generations share: norms near 1, small biases, unit embeddings, 1/√in linear weights."""
+    if name.endswith(LAYER_NORM_WEIGHTS):
+        return 1 + 0.2 * torch.randn(shape, generator=g)
+    if name.endswith(".bias"):
+        return 0.1 * torch.randn(shape, generator=g)
+    if name == "emb.weight":
+        return torch.randn(shape, generator=g)
+    return torch.randn(shape, generator=g) / shape[-1] ** 0.5  # linear weights [out, in]
+
+
 def random_rwkv6_state_dict(n_embd: int = 128, n_layer: int = 2, vocab_size: int = 65536, head_size: int = 64,
                             seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random RWKV-6 weights in the official `.pth` layout, scaled like trained weights.
@@ -22,12 +36,7 @@ def random_rwkv6_state_dict(n_embd: int = 128, n_layer: int = 2, vocab_size: int
     sd = {}
     for name, p in model.state_dict().items():
         shape = p.shape
-        if name.endswith("ln0.weight") or name.endswith("ln1.weight") or name.endswith("ln2.weight") \
-                or name.endswith("ln_out.weight") or name.endswith("ln_x.weight"):
-            t = 1 + 0.2 * torch.randn(shape, generator=g)
-        elif name.endswith(".bias"):
-            t = 0.1 * torch.randn(shape, generator=g)
-        elif "time_maa" in name and ("w1" in name or "w2" in name):
+        if "time_maa" in name and ("w1" in name or "w2" in name):
             t = 0.1 * torch.randn(shape, generator=g)
         elif "time_maa" in name:
             t = torch.rand(shape, generator=g)
@@ -37,10 +46,8 @@ def random_rwkv6_state_dict(n_embd: int = 128, n_layer: int = 2, vocab_size: int
             t = 0.1 * torch.randn(shape, generator=g)
         elif name.endswith("time_faaaa"):
             t = 0.5 * torch.randn(shape, generator=g)
-        elif name == "emb.weight":
-            t = torch.randn(shape, generator=g)
-        else:  # linear weights [out, in]
-            t = torch.randn(shape, generator=g) / shape[-1] ** 0.5
+        else:
+            t = _random_shared(name, shape, g)
         sd[name] = t.to(dtype).contiguous()
     return sd
 
@@ -63,11 +70,7 @@ def random_rwkv7_state_dict(n_embd: int = 128, n_layer: int = 2, vocab_size: int
     sd = {}
     for name, shape in shapes.items():
         leaf = name.rsplit(".", 1)[-1]
-        if name.endswith(".weight") and (".ln" in name or name.startswith("ln_")):
-            t = 1 + 0.2 * torch.randn(shape, generator=g)
-        elif name.endswith(".bias"):
-            t = 0.1 * torch.randn(shape, generator=g)
-        elif leaf.startswith("x_"):
+        if leaf.startswith("x_"):
             t = torch.rand(shape, generator=g)
         elif leaf == "w0":
             t = -6 + 12 * torch.rand(shape, generator=g)
@@ -79,10 +82,8 @@ def random_rwkv7_state_dict(n_embd: int = 128, n_layer: int = 2, vocab_size: int
             t = 0.5 + torch.rand(shape, generator=g)
         elif leaf == "r_k":
             t = 0.5 * torch.randn(shape, generator=g)
-        elif name == "emb.weight":
-            t = torch.randn(shape, generator=g)
-        else:  # linear weights [out, in]
-            t = torch.randn(shape, generator=g) / shape[-1] ** 0.5
+        else:
+            t = _random_shared(name, shape, g)
         sd[name] = t.to(dtype).contiguous()
     return sd
 

@@ -14,6 +14,7 @@ otherwise. All math runs in fp32; outputs are fp32.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 
@@ -146,26 +147,24 @@ def wkv6(r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tenso
     return wkv6_chunked(r, k, v, log_w, u, state)
 
 
-_FLA_UNSET = object()
-_fla = _FLA_UNSET
+@functools.cache
+def fla_op(module: str, name: str):
+    """A chunked Triton kernel of flash-linear-attention (`pip install flash-linear-attention`), or None:
+    not installed, no Triton, or VISUALRWKV_FLA=0. Looked up once. Older fla versions default to
+    head-first inputs, so the layout is named when the kernel takes it."""
+    if os.environ.get("VISUALRWKV_FLA", "1") == "0":
+        return None
+    try:
+        kernel = getattr(importlib.import_module(module), name)
+    except Exception:  # ImportError, or Triton failing to initialise
+        return None
+    takes_layout = "head_first" in inspect.signature(kernel).parameters
+    return functools.partial(kernel, head_first=False) if takes_layout else kernel
 
 
 def fla_kernel():
-    """flash-linear-attention's chunked RWKV-6 Triton kernel, or None (not installed, no Triton, or
-    VISUALRWKV_FLA=0). Looked up once. Older fla versions default to head-first inputs, so the
-    layout is named when the kernel takes it."""
-    global _fla
-    if _fla is _FLA_UNSET:
-        _fla = None
-        if os.environ.get("VISUALRWKV_FLA", "1") != "0":
-            try:
-                from fla.ops.rwkv6 import chunk_rwkv6
-            except Exception:  # ImportError, or Triton failing to initialise
-                chunk_rwkv6 = None
-            if chunk_rwkv6 is not None:
-                takes_layout = "head_first" in inspect.signature(chunk_rwkv6).parameters
-                _fla = functools.partial(chunk_rwkv6, head_first=False) if takes_layout else chunk_rwkv6
-    return _fla
+    """fla's chunked RWKV-6 kernel, or None (see `fla_op`)."""
+    return fla_op("fla.ops.rwkv6", "chunk_rwkv6")
 
 
 def wkv6_fla(kernel, r: Tensor, k: Tensor, v: Tensor, log_w: Tensor, u: Tensor, state: Tensor | None = None):

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 
 import torch
 from torch import Tensor
 
-from .wkv6 import LOG_DECAY_FLOOR, SEGMENT, _exclusive_cumsum
+from .wkv6 import LOG_DECAY_FLOOR, SEGMENT, _exclusive_cumsum, fla_op
 
 DEFAULT_CHUNK = 16
 
@@ -182,32 +181,20 @@ def wkv7(r: Tensor, log_w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, s
     return wkv7_chunked(r, log_w, k, v, a, b, state)
 
 
-_FLA_UNSET = object()
-_fla = _FLA_UNSET
-
-
 def fla_kernel():
-    """flash-linear-attention's chunked RWKV-7 Triton kernel, or None (not installed, no Triton, or
-    VISUALRWKV_FLA=0). Looked up once; the layout is named where the kernel takes it."""
-    global _fla
-    if _fla is _FLA_UNSET:
-        _fla = None
-        if os.environ.get("VISUALRWKV_FLA", "1") != "0":
-            try:
-                from fla.ops.rwkv7 import chunk_rwkv7
-            except Exception:  # ImportError, or Triton failing to initialise
-                chunk_rwkv7 = None
-            if chunk_rwkv7 is not None:
-                takes_layout = "head_first" in inspect.signature(chunk_rwkv7).parameters
-                _fla = functools.partial(chunk_rwkv7, head_first=False) if takes_layout else chunk_rwkv7
-    return _fla
+    """fla's chunked RWKV-7 kernel, or None (see `wkv6.fla_op`)."""
+    return fla_op("fla.ops.rwkv7", "chunk_rwkv7")
 
 
 def wkv7_fla(kernel, r, log_w, k, v, a, b, state=None):
-    """fla's `chunk_rwkv7(r, w, k, v, a, b)` takes our [B,T,H,N] layout with w the log-decay, scale 1;
-    its state is [B,H,key,value], the transpose of ours."""
+    """fla's `chunk_rwkv7` takes our [B,T,H,N] layout, scale 1; its state is [B,H,key,value], the transpose
+    of ours. The log-decay goes in by name: `w` in most fla versions, `log_w` in those where `w` is the
+    pre-exponential value; so every input goes in by name."""
     B, T, H, N = r.shape
     S0 = _initial_state(state, B, H, N, r).transpose(-1, -2).contiguous()
-    y, S = kernel(*(x.float() for x in (r, log_w.clamp_min(LOG_DECAY_FLOOR), k, v, a, b)), scale=1.0,
+    target = kernel.func if isinstance(kernel, functools.partial) else kernel
+    decay_name = "log_w" if "log_w" in inspect.signature(target).parameters else "w"
+    y, S = kernel(r=r.float(), k=k.float(), v=v.float(), a=a.float(), b=b.float(),
+                  **{decay_name: log_w.float().clamp_min(LOG_DECAY_FLOOR)}, scale=1.0,
                   initial_state=S0, output_final_state=True)
     return y.float(), S.float().transpose(-1, -2)
