@@ -21,7 +21,8 @@ COMMANDS = {
     "webui": ("visualrwkv.serve.cli", "browser demo: image upload, streaming multi-turn chat (Gradio)"),
     "train": ("visualrwkv.train.cli", "train or fine-tune VisualRWKV (presets; torchrun for many GPUs)"),
     "eval": ("visualrwkv.eval.cli", "benchmarks: run a model on one, score predictions, build fixtures"),
-    "convert": ("visualrwkv.convert", "convert an official VisualRWKV checkpoint to the visualrwkv format"),
+    "convert": ("visualrwkv.convert", "convert an official VisualRWKV or RWKV checkpoint to the visualrwkv format"),
+    "quantize": ("visualrwkv.convert", "store the language model's large matrices as int8 or int4"),
     "data": ("visualrwkv.data.cli", "dataset tools"),
     "bench": ("visualrwkv.bench.cli", "speed and memory benchmarks"),
 }
