@@ -34,9 +34,9 @@ def test_a_short_request_beside_a_huge_one_waits_for_a_bounded_amount_of_prefill
     handles = {}
     prefill = tiny_vlm.prefill
 
-    def recording_prefill(ids, images=(), state=None):
+    def recording_prefill(ids, images=(), state=None, **kw):
         log.append((len(ids) - ids.count(IMAGE_TOKEN_INDEX), "short" in handles and handles["short"].done))
-        return prefill(ids, images, state)
+        return prefill(ids, images, state, **kw)
 
     monkeypatch.setattr(tiny_vlm, "prefill", recording_prefill)
     with engine:
@@ -66,7 +66,9 @@ def test_chunked_prefill_gives_the_state_of_the_whole_prompt(tiny_vlm):
     state = None
     for a, b in spans:
         segment = prompt.ids[a:b]
-        logits, state = tiny_vlm.prefill(segment, [image.image] if IMAGE_TOKEN_INDEX in segment else [], state)
+        # the text before the image is part of an image prompt: no text-only slot before it
+        logits, state = tiny_vlm.prefill(segment, [image.image] if IMAGE_TOKEN_INDEX in segment else [], state,
+                                         continuation=True)
     torch.testing.assert_close(logits, whole_logits, atol=1e-4, rtol=1e-4)
     for name in ("att_shift", "wkv", "ffn_shift"):
         torch.testing.assert_close(getattr(state, name), getattr(whole, name), atol=1e-4, rtol=1e-4)
