@@ -17,6 +17,7 @@ from visualrwkv.engine.engine import Engine, ImageInput
 from visualrwkv.engine.sampling import SamplingParams
 from visualrwkv.model import VisualRWKV
 from visualrwkv.ops.cpu_kernels import MAX_ROWS
+from visualrwkv.ops.linear import gemm_dtype
 from visualrwkv.ops.quant import (GROUP_SIZE, QuantizedEmbedding, QuantizedLinear, dequantize, pack_int4, quantize,
                                   unpack_int4)
 from visualrwkv.rwkv import precision
@@ -29,11 +30,14 @@ from visualrwkv.testing import random_rwkv6_state_dict
 @given(bits=st.sampled_from([8, 4]), groups=st.integers(1, 4), out=st.integers(1, 70),
        rows=st.sampled_from([1, 2, MAX_ROWS, MAX_ROWS + 1, 40]), seed=st.integers(0, 2**16))
 def test_quantized_product_equals_dequantize_then_fp32(bits, groups, out, rows, seed):
+    """A few rows (decoding) in fp32; more in the many-row dtype of this CPU (ops.linear.gemm_dtype: bf16
+    where the CPU has bf16 dot products, else fp32), equal to the dequantized weight's product in it."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(out, groups * GROUP_SIZE, generator=g)
     layer = QuantizedLinear.from_float(w, bits)
     x = torch.randn(rows, groups * GROUP_SIZE, generator=g)
-    reference = x @ layer.dequantize().t()
+    dtype = torch.float32 if rows <= MAX_ROWS else gemm_dtype(x.device)
+    reference = (x.to(dtype) @ layer.dequantize(dtype).t()).float()
     with torch.no_grad():
         y = layer(x)
     assert y.dtype == torch.float32 and y.shape == (rows, out)
