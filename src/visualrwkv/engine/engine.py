@@ -132,10 +132,14 @@ class Engine:
         self._peak = 0
 
     # ---- public API (any thread) ----------------------------------------------------------
-    def build_prompt(self, question: str, image: ImageInput | None = None,
+    def build_prompt(self, question: str, image: ImageInput | Sequence[ImageInput] | None = None,
                      history: Sequence[tuple[str, str]] = ()) -> ChatPrompt:
+        """The prompt in the model's format; `image`: one ImageInput or several, in order (a ValueError
+        names the limit when the model takes fewer)."""
+        config = self.model.config
         return build_chat_prompt(question, history, image, tokenizer=self.tokenizer,
-                                 image_position=self.model.config.image_position)
+                                 image_position=config.image_position, prompt_format=config.prompt_format,
+                                 max_images=config.max_images)
 
     def count_prompt_tokens(self, prompt: ChatPrompt) -> int:
         """Positions the prompt occupies: text tokens plus the image vectors (or the text-only image slot)."""
@@ -166,7 +170,7 @@ class Engine:
             self._cv.notify_all()
         return handle
 
-    def ask(self, question: str, image: ImageInput | None = None, history: Sequence[tuple[str, str]] = (),
+    def ask(self, question: str, image: ImageInput | Sequence[ImageInput] | None = None, history: Sequence[tuple[str, str]] = (),
             params: SamplingParams | None = None) -> RequestHandle:
         return self.submit(self.build_prompt(question, image, history), params)
 
@@ -400,8 +404,7 @@ class Engine:
         if self.tokenizer.encode(" " + normalize_value(text) + "\n\n") != row.generated + [STOP_TOKEN_INDEX]:
             return
         prompt = row.request.prompt
-        digest = prompt.image.digest if prompt.image is not None else None
-        key = make_key(digest, prompt.ids + row.generated, self.model_id)
+        key = make_key(prompt.digests, prompt.ids + row.generated, self.model_id)
         # the batch state of this row has consumed every generated token (the stop token is never fed)
         self._cache.put(key, PrefixEntry(self._state.select(index), self._logits[index]))
 

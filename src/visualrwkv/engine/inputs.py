@@ -17,7 +17,7 @@ from typing import Sequence
 from PIL import Image
 
 from visualrwkv.constants import IMAGE_TOKEN_INDEX, STOP_TOKEN_INDEX
-from visualrwkv.prompts import build_inference_prompt, normalize_value
+from visualrwkv.prompts import build_inference_prompt, check_image_count, layout_position, normalize_value
 from visualrwkv.vision.image import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 
@@ -49,14 +49,49 @@ class ImageInput:
 
 @dataclass
 class ChatPrompt:
-    ids: list[int]  # with IMAGE_TOKEN_INDEX where the image goes
-    image: ImageInput | None
+    ids: list[int]  # with one IMAGE_TOKEN_INDEX per image, where it goes
+    images: tuple[ImageInput, ...]  # in the order of the sentinels (None or one ImageInput are taken too)
     checkpoints: list[int]  # prefix lengths whose states are looked up in / stored into the cache
 
+    def __post_init__(self):
+        self.images = _image_tuple(self.images)
 
-def build_chat_prompt(question: str, history: Sequence[tuple[str, str]] = (), image: ImageInput | None = None, *,
-                      tokenizer, image_position: str = "middle") -> ChatPrompt:
-    """The prompt for `question` after the (question, answer) pairs of `history`; see the module doc."""
+    @property
+    def image(self) -> ImageInput | None:
+        """The first image (None without one): the whole input of a one-image prompt."""
+        return self.images[0] if self.images else None
+
+    @property
+    def digests(self) -> list[bytes]:
+        """What names the prompt's images in the prefix cache: every image's digest, in order."""
+        return [image.digest for image in self.images]
+
+
+def _image_tuple(images) -> tuple[ImageInput, ...]:
+    """None, one ImageInput or a sequence of them → a tuple (refusing anything else)."""
+    if images is None:
+        return ()
+    if isinstance(images, ImageInput):
+        return (images,)
+    if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+        raise TypeError(f"images must be ImageInput objects, got {type(images).__name__}")
+    images = tuple(images)
+    for i, image in enumerate(images):
+        if not isinstance(image, ImageInput):
+            raise TypeError(f"image {i} must be an ImageInput (ImageInput.from_path / from_bytes), "
+                            f"got {type(image).__name__}")
+    return images
+
+
+def build_chat_prompt(question: str, history: Sequence[tuple[str, str]] = (),
+                      image: ImageInput | Sequence[ImageInput] | None = None, *, tokenizer,
+                      image_position: str = "middle", prompt_format: str = "v6",
+                      max_images: int | None = None) -> ChatPrompt:
+    """The prompt for `question` after the (question, answer) pairs of `history`, about `image` (one
+    ImageInput, or several in order; all belong to the first question); see the module doc.
+    `max_images`: more images than this are refused with one line (the model's limit)."""
+    images = _image_tuple(image)
+    check_image_count(len(images), max_images)
     for i, pair in enumerate(history):
         if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             raise ValueError(f"history item {i}: expected a (question, answer) pair of strings")
@@ -65,21 +100,21 @@ def build_chat_prompt(question: str, history: Sequence[tuple[str, str]] = (), im
     if not isinstance(question, str):
         raise ValueError(f"question must be a string, got {type(question).__name__}")
     turns = [q for q, _ in history] + [question]
-    ids = build_inference_prompt(turns[0], image_position, has_image=image is not None, tokenizer=tokenizer)
+    ids = build_inference_prompt(turns[0], image_position, tokenizer=tokenizer, num_images=len(images),
+                                 prompt_format=prompt_format)
     checkpoints = []
-    if image is not None and image_position == "first" and IMAGE_TOKEN_INDEX in ids:
-        checkpoints.append(ids.index(IMAGE_TOKEN_INDEX) + 1)  # "User: <image>": reusable for any question
+    if images and layout_position(prompt_format, image_position) == "first" and IMAGE_TOKEN_INDEX in ids:
+        # "User: <image>\n<image>": the state after the images is reusable for any question about them
+        checkpoints.append(len(ids) - ids[::-1].index(IMAGE_TOKEN_INDEX))
     for (_, answer), next_question in zip(history, turns[1:]):
         checkpoints.append(len(ids))
         answer_ids = tokenizer.encode(" " + normalize_value(answer) + "\n\n")
         ids += answer_ids
         if answer_ids[-1] == STOP_TOKEN_INDEX:
             checkpoints.append(len(ids) - 1)  # where the engine stores the state after an answer
-        ids += build_inference_prompt(next_question, has_image=False, tokenizer=tokenizer)
+        ids += build_inference_prompt(next_question, has_image=False, tokenizer=tokenizer, prompt_format=prompt_format)
     n_sentinels = ids.count(IMAGE_TOKEN_INDEX)
-    if n_sentinels != (image is not None):
-        raise ValueError(f"the prompt holds {n_sentinels} '<image>' tag(s) but {int(image is not None)} image(s) "
-                         "were given; one image per conversation, attached to the first question")
-    return ChatPrompt(ids, image, sorted(set(checkpoints)))
-
-
+    if n_sentinels != len(images):
+        raise ValueError(f"the prompt holds {n_sentinels} '<image>' tag(s) but {len(images)} image(s) "
+                         "were given; the images belong to the first question")
+    return ChatPrompt(ids, images, sorted(set(checkpoints)))

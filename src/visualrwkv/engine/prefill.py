@@ -74,16 +74,17 @@ class Prefiller:
         """Positions of the first n_ids ids; a text-only prompt begins with the model's text-only slot."""
         if not n_ids:
             return 0
-        slot = self.model.text_only_positions if prompt.image is None else 0
+        slot = self.model.text_only_positions if not prompt.images else 0
         return slot + _positions(prompt.ids[:n_ids], self.model.vit.num_tokens)
 
     def plan(self, request: PendingRequest) -> PrefillJob:
         """Resume the prompt from the longest cached checkpoint and plan the chunks of the rest."""
         prompt = request.prompt
-        digest = prompt.image.digest if prompt.image is not None else None
         ids = prompt.ids
         points = [c for c in prompt.checkpoints if 0 < c < len(ids)] + [len(ids)]
-        keys = dict(zip(points, make_prefix_keys(digest, ids, points, self.model_id)))
+        # every key names all the prompt's images, in order: two prompts that share an image (or the
+        # same images in another order) never share a state
+        keys = dict(zip(points, make_prefix_keys(prompt.digests, ids, points, self.model_id)))
         job = PrefillJob(request, collections.deque(), keys, 0, 0)
         for b in reversed(points):
             entry = self.cache.get(keys[b])
@@ -102,10 +103,11 @@ class Prefiller:
         prompt = job.request.prompt
         start, end = job.chunks.popleft()
         segment = prompt.ids[start:end]
-        images = [prompt.image.image] if IMAGE_TOKEN_INDEX in segment else []
+        first = prompt.ids[:start].count(IMAGE_TOKEN_INDEX)  # the images of the earlier chunks
+        images = [image.image for image in prompt.images[first:first + segment.count(IMAGE_TOKEN_INDEX)]]
         # only a text-only prompt's first chunk begins with the text-only slot (not the text before an image)
         job.logits, job.state = self.model.prefill(segment, images, job.state,
-                                                   continuation=job.state is not None or prompt.image is not None)
+                                                   continuation=job.state is not None or bool(prompt.images))
         if end in job.keys:
             self.cache.put(job.keys[end], PrefixEntry(job.state, job.logits))
         n = self.prompt_positions(prompt, end) - self.prompt_positions(prompt, start)

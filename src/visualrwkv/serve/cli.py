@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+DEFAULT_MAX_IMAGES = 8  # serve/requests.py's Limits default (not imported here: --help stays light)
+
 
 def _add_engine_arguments(p) -> None:
     from visualrwkv.engine.model_args import add_model_arguments
@@ -23,8 +25,8 @@ def _add_engine_arguments(p) -> None:
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="OpenAI-compatible API: POST /v1/chat/completions, GET /v1/models",
-        description="OpenAI-compatible API. Images go in the first user message as base64 data: URIs (one per "
-                    "conversation); system messages are refused (the model has no system prompt); omitted "
+        description="OpenAI-compatible API. Images go in the first user message as base64 data: URIs, in "
+                    "order (as many as the model takes: one for a v6 model; at most --max-images); system messages are refused (the model has no system prompt); omitted "
                     "sampling fields take the RWKV defaults (top_p 0.85, penalties 0.2).")
     _add_engine_arguments(p)
     p.add_argument("--port", type=int, default=8000)
@@ -34,6 +36,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-image-mb", type=float, default=10, help="decoded image limit in MiB (default 10)")
     p.add_argument("--max-image-pixels", type=int, default=4096 * 4096,
                    help="images with more pixels are refused from their header (default 4096*4096)")
+    p.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES,
+                   help=f"images per request (default {DEFAULT_MAX_IMAGES}; a model that takes fewer refuses more "
+                        "anyway, e.g. one for a v6 model)")
     p.set_defaults(func=run_serve)
 
     p = subparsers.add_parser("webui", help="browser demo: image upload, streaming multi-turn chat (Gradio)")
@@ -64,10 +69,11 @@ def run_serve(args) -> int:
     from visualrwkv.serve.app import ServerSettings, create_app
     from visualrwkv.serve.requests import Limits
 
-    if args.max_body_mb <= 0 or args.max_image_mb <= 0 or args.max_image_pixels <= 0:
-        raise ValueError("--max-body-mb, --max-image-mb and --max-image-pixels must be positive")
+    if args.max_body_mb <= 0 or args.max_image_mb <= 0 or args.max_image_pixels <= 0 or args.max_images <= 0:
+        raise ValueError("--max-body-mb, --max-image-mb, --max-image-pixels and --max-images must be positive")
     engine = build_engine(args)
-    limits = Limits(max_image_bytes=int(args.max_image_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels)
+    limits = Limits(max_image_bytes=int(args.max_image_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
+                    max_images=args.max_images)
     settings = ServerSettings(engine.model_id, api_key=args.api_key or None,
                               max_body_bytes=int(args.max_body_mb * 1024 * 1024), limits=limits)
     app = create_app(engine, settings)

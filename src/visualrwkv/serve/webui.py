@@ -1,8 +1,10 @@
 """The browser demo (Gradio): upload an image, chat about it with streaming answers, tune sampling.
 
 One process: the Gradio app calls the batching engine directly, so several browser sessions are
-decoded together. A question about another image than the conversation's starts a new conversation
-(the model reads one image, in the first turn); "Clear" forgets the conversation and keeps the image.
+decoded together. A question about other images than the conversation's starts a new conversation
+(the model reads its images in the first turn); "Clear" forgets the conversation and keeps the images.
+A model that takes several images (v7 format) gets a "More images" box beside the first image: its
+files follow the first one, in order, up to the model's limit.
 Answers are shown verbatim (no Markdown rendering), exactly as the model wrote them.
 """
 
@@ -21,7 +23,7 @@ from visualrwkv.vision.image import ImageError, load_image  # noqa: E402
 # system fonts only: the default theme would fetch web fonts, which offline machines cannot
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 EMPTY_ANSWER = "(empty answer)"
-NEW_CONVERSATION = {"image": None, "pairs": []}
+NEW_CONVERSATION = {"image": (), "pairs": []}  # "image": the paths of the conversation's images, in order
 
 
 def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blocks:
@@ -37,6 +39,11 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                takes = engine.model.max_images
+                more = gr.File(file_count="multiple", file_types=["image"], type="filepath", elem_id="more_images",
+                               label="More images, after the first, in order"
+                                     + (f" (at most {takes - 1})" if takes else ""),
+                               visible=takes is None or takes > 1)
                 with gr.Accordion("Sampling", open=False):
                     temperature = gr.Slider(0, 2, value=d.temperature, step=0.05, label="Temperature (0 = greedy)",
                                             elem_id="temperature")
@@ -55,26 +62,27 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("Clear", elem_id="clear")
 
-        def respond(text, image_path, state, messages, temperature, top_p, top_k, presence, frequency,
+        def respond(text, image_path, more_paths, state, messages, temperature, top_p, top_k, presence, frequency,
                     max_tokens, seed):
             text = (text or "").strip()
             if not text:
                 raise gr.Error("Type a question first.")
+            paths = tuple(p for p in [image_path, *(more_paths or [])] if p)
             history = state["pairs"]
-            if image_path != state["image"]:
+            if paths != state["image"]:
                 history, messages = [], []
             try:
                 params = SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
                                         presence_penalty=float(presence), frequency_penalty=float(frequency),
                                         max_tokens=int(max_tokens),
                                         seed=None if seed is None or int(seed) < 0 else int(seed))
-                picture = ImageInput.from_path(image_path) if image_path else None
-                handle = engine.ask(text, picture, history, params)
+                pictures = [ImageInput.from_path(path) for path in paths]
+                handle = engine.ask(text, pictures, history, params)
             except ValueError as e:
                 raise gr.Error(str(e)) from None
             messages = list(messages or []) + [{"role": "user", "content": text},
                                                {"role": "assistant", "content": ""}]
-            state = {"image": image_path, "pairs": history}
+            state = {"image": paths, "pairs": history}
             yield messages, state, ""
             try:
                 for delta in handle:
@@ -84,7 +92,7 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
             finally:
                 handle.cancel()  # the browser went away mid-answer: free the batch row
             if answer:
-                state = {"image": image_path, "pairs": history + [(text, answer)]}
+                state = {"image": paths, "pairs": history + [(text, answer)]}
             else:
                 messages[-1] = {"role": "assistant", "content": EMPTY_ANSWER}
             yield messages, state, ""
@@ -104,7 +112,7 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
             return gr.skip()
 
         image.upload(check_upload, image, image, preprocess=False)
-        inputs = [question, image, conversation, chatbot, temperature, top_p, top_k, presence, frequency,
+        inputs = [question, image, more, conversation, chatbot, temperature, top_p, top_k, presence, frequency,
                   max_tokens, seed]
         outputs = [chatbot, conversation, question]
         send.click(respond, inputs, outputs, concurrency_limit=engine.max_batch_size)
