@@ -96,9 +96,9 @@ def test_prompt_format_comes_from_the_config_and_old_configs_load_unchanged():
            "vision": {"kind": "tiny", "tiny": {"image_size": 32, "patch_size": 8, "hidden_size": 32,
                                                 "num_layers": 1, "num_heads": 2}}}
     config = VisualRWKVConfig.from_dict(dict(old))
-    assert (config.prompt_format, config.max_images, config.image_position) == ("v6", 1, "middle")
+    assert (config.prompt_format, config.max_images, config.text_only_layout) == ("v6", 1, "image-slot")
     v7 = VisualRWKVConfig.from_dict({**old, "prompt_format": "v7"})
-    assert (v7.prompt_format, v7.max_images) == ("v7", None)
+    assert (v7.prompt_format, v7.max_images, v7.text_only_layout) == ("v7", None, "plain")
     assert VisualRWKVConfig.from_dict(v7.to_dict()) == v7
     assert VisualRWKVConfig.from_dict({**old, "prompt_format": "v7", "max_images": 3}).max_images == 3
     with pytest.raises(ValueError, match="v6 prompt format takes one image"):
@@ -146,6 +146,19 @@ def test_two_image_requests_batched_equal_each_alone(tiny_v7_vlm, pictures):
         got = [h.result().text for h in handles]
         assert engine.stats().peak_batch_size >= 2
     assert got == expected
+
+
+def test_chunked_prefill_hands_each_chunk_its_own_images(tiny_v7_vlm, pictures):
+    """Chunks of one image's width: each image is prefilled in its own chunk, from the state before it."""
+    question, paths = "Describe them.", pictures[:3]
+    n = tiny_v7_vlm.vit.num_tokens
+    with Engine(tiny_v7_vlm, cache_bytes=0, prefill_chunk=n + 1) as engine:
+        prompt = engine.build_prompt(question, inputs(paths))
+        from visualrwkv.engine.prefill import plan_chunks
+
+        spans = plan_chunks(prompt.ids, 0, prompt.checkpoints, n, n + 1)
+        assert sum(prompt.ids[a:b].count(-200) == 1 for a, b in spans) == 3  # one image per chunk
+        assert engine.generate(prompt, GREEDY).text == alone(tiny_v7_vlm, question, paths)
 
 
 def test_prompt_tokens_count_every_image(tiny_v7_vlm, pictures):
@@ -329,3 +342,27 @@ def test_eval_on_a_multi_image_fixture(tiny_v7_vlm_dir, tiny_vlm_dir, tmp_path, 
     assert "takes one image per conversation, got 2" in capsys.readouterr().err
     with pytest.raises(ValueError, match="gqa"):
         build_fixture("pope", tmp_path / "pope2", n=2, images=2)
+
+
+def test_web_ui_takes_more_images_for_a_model_that_takes_several(tiny_v7_vlm, tiny_vlm, pictures):
+    pytest.importorskip("gradio", reason="the web UI needs gradio")
+    from visualrwkv.serve.webui import build_demo
+
+    def parts(model):
+        engine = Engine(model, cache_bytes=0)
+        demo = build_demo(engine, SamplingParams(max_tokens=12))
+        more = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "more_images"]
+        respond = next(f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "respond")
+        return engine, more[0], respond
+
+    engine, more, respond = parts(tiny_vlm)
+    engine.close()
+    assert more.visible is False  # a v6 model takes one image: no second upload box
+    engine, more, respond = parts(tiny_v7_vlm)
+    with engine:
+        assert more.visible is True
+        a, b = pictures[:2]
+        *_, (messages, state, _) = respond("What is it?", str(a), [str(b)], {"image": (), "pairs": []}, [],
+                                           0, 0.85, 0, 0, 0, 12, -1)
+    assert messages[-1]["content"] == alone(tiny_v7_vlm, "What is it?", [a, b])
+    assert state["image"] == (str(a), str(b)) and state["pairs"] == [("What is it?", messages[-1]["content"])]

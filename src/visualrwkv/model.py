@@ -53,7 +53,7 @@ class VisualRWKVConfig:
     scanning: str = "bidirection"
     image_position: str = "middle"  # the prompt layout for instructions (SPEC §7.3); "middle" = sandwich
     ctx_len: int = 2048
-    text_only_layout: str | None = None  # one of TEXT_ONLY_LAYOUTS; None: the version's own ("plain" for the v7 stack)
+    text_only_layout: str | None = None  # one of TEXT_ONLY_LAYOUTS; None: the format's own ("plain" for v7)
     # the prompt format (prompts.py): "v6" (image_position, one image) or "v7" (images first, one
     # `<image>` line each, several per conversation); None: "v7" with the v7 stack, else "v6"
     prompt_format: str | None = None
@@ -71,14 +71,14 @@ class VisualRWKVConfig:
             raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {self.image_position!r}")
         if self.ctx_len <= 0:
             raise ValueError(f"ctx_len must be positive, got {self.ctx_len}")
-        if self.text_only_layout is None:
-            self.text_only_layout = "plain" if self.vision.kind == "stack" else "image-slot"
-        if self.text_only_layout not in TEXT_ONLY_LAYOUTS:
-            raise ValueError(f"text_only_layout must be one of {TEXT_ONLY_LAYOUTS}, got {self.text_only_layout!r}")
         if self.prompt_format is None:
             self.prompt_format = "v7" if self.vision.kind == "stack" else "v6"
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
+        if self.text_only_layout is None:  # v7.00's official code embeds text-only batches plainly
+            self.text_only_layout = "plain" if self.prompt_format == "v7" else "image-slot"
+        if self.text_only_layout not in TEXT_ONLY_LAYOUTS:
+            raise ValueError(f"text_only_layout must be one of {TEXT_ONLY_LAYOUTS}, got {self.text_only_layout!r}")
         if self.max_images is None and self.prompt_format == "v6":
             self.max_images = 1
         if self.max_images is not None and (type(self.max_images) is not int or self.max_images < 1):

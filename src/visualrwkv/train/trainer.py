@@ -123,15 +123,17 @@ def build_model(cfg: TrainConfig, device) -> VisualRWKV:
     else:
         if not cfg.model:
             raise ValueError("set `init` (a model to start from) or `model` (the config of a new one)")
-        model = VisualRWKV(VisualRWKVConfig.from_dict(dict(cfg.model) | ({"projector": cfg.projector}
-                                                                         if cfg.projector else {})))
+        # the options given for the new model go into its config, so that the defaults follow them
+        chosen = {"projector": cfg.projector, "prompt_format": cfg.prompt_format}
+        model = VisualRWKV(VisualRWKVConfig.from_dict(dict(cfg.model) | {k: v for k, v in chosen.items() if v}))
         if cfg.init_lm:
             lm = load_rwkv(cfg.init_lm)
             if lm.config != model.config.rwkv:
                 raise ValueError(f"init_lm {cfg.init_lm} is {lm.config}, the model config says {model.config.rwkv}")
             model.rwkv.load_state_dict(lm.state_dict(), strict=True)
     if cfg.prompt_format and cfg.prompt_format != model.config.prompt_format:
-        # the model is saved with the format it was trained in; the image limit is the new format's
+        # a model from `init` is saved with the format it is trained in; the image limit is the new
+        # format's (its text-only layout stays the one it was trained with)
         model.config = dataclasses.replace(model.config, prompt_format=cfg.prompt_format, max_images=None)
     return model.to(device)
 
