@@ -93,3 +93,9 @@ def test_a_v6_model_refuses_two_images_with_a_400(tiny_vlm):
         one = httpx.post(s.url + "/v1/chat/completions", timeout=60, json={
             "model": "tiny-v6", "messages": [message("Q?", [png_bytes(COLORS[0])])], "max_tokens": 4})
         assert one.status_code == 200
+
+
+def test_the_command_line_default_is_the_servers():
+    from visualrwkv.serve import cli, requests
+
+    assert cli.DEFAULT_MAX_IMAGES == requests.DEFAULT_MAX_IMAGES == Limits().max_images

@@ -5,7 +5,7 @@
   next step; finished rows leave it. Each row keeps its own state (`RWKVState.cat` / `select`) and
   its own sampling generator, so a request gets the same tokens alone or beside others.
 - Prefix-state cache: the state (and last logits) after a prompt prefix is stored, keyed by the
-  image digest and the prefix ids. Repeated questions skip the prefill; a follow-up turn resumes
+  digests of all the prompt's images, in order, and the prefix ids. Repeated questions skip the prefill; a follow-up turn resumes
   from the state after the previous answer when the history matches what this engine generated.
 - Submission is thread-safe; a `RequestHandle` streams text deltas to a plain thread (`for d in h`)
   or to asyncio (`async for d in h`), then gives the `GenerationResult` (handles.py).
