@@ -44,6 +44,12 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("webui", help="browser demo: image upload, streaming multi-turn chat (Gradio)")
     _add_engine_arguments(p)
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="also a public gradio.live link (needs the internet)")
+    p.add_argument("--api-key", default=os.environ.get("VISUALRWKV_API_KEY"),
+                   help="a login page: any user name, KEY as the password (default: $VISUALRWKV_API_KEY, else none)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="the default temperature (default: 0, greedy, for a model trained on short answers such "
+                        "as the shipped one; else 1)")
     p.set_defaults(func=run_webui)
 
 
@@ -97,10 +103,30 @@ def _log_access_to_stderr() -> None:
     log.setLevel(logging.INFO)
 
 
-def run_webui(args) -> int:
-    from visualrwkv.serve.webui import launch
+SHORT_ANSWER_NOTE = ("This model was trained to answer in a word or phrase (a VQA classifier, in effect): decoding "
+                     "is greedy (temperature 0) by default; raise the temperature under Sampling for variety.")
 
+
+def webui_defaults(model: str | None, temperature: float | None):
+    """The web UI's sampling defaults and the note saying why: greedy for a model trained on short
+    answers (engine.defaults.trained_for_short_answers) unless --temperature says otherwise."""
+    from visualrwkv.engine.defaults import trained_for_short_answers
+    from visualrwkv.engine.params import SamplingParams
+
+    if temperature is not None:
+        return SamplingParams(temperature=temperature), None  # validates it
+    if trained_for_short_answers(model):
+        return SamplingParams(temperature=0.0), SHORT_ANSWER_NOTE
+    return SamplingParams(), None
+
+
+def run_webui(args) -> int:
+    defaults, note = webui_defaults(args.model, args.temperature)
     engine = build_engine(args)
+
+    from visualrwkv.serve.webui import launch  # gradio: after the arguments are checked
+
     with engine:
-        launch(engine, host=args.host, port=args.port, block=True)
+        launch(engine, host=args.host, port=args.port, block=True, defaults=defaults, note=note, share=args.share,
+               api_key=args.api_key or None)
     return 0

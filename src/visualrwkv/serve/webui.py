@@ -5,17 +5,22 @@ decoded together. A question about other images than the conversation's starts a
 (the model reads its images in the first turn); "Clear" forgets the conversation and keeps the images.
 A model that takes several images (v7 format) gets a "More images" box beside the first image: its
 files follow the first one, in order, up to the model's limit.
-Answers are shown verbatim (no Markdown rendering), exactly as the model wrote them.
+Answers are shown verbatim (no Markdown rendering), exactly as the model wrote them; the images a
+conversation starts with are shown in its first question. The example images and questions that come
+with the package sit under the chat. `launch(share=..., api_key=...)`: a public gradio.live link, and a
+login page that asks for the key.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local demo phones nobody
 
 import gradio as gr  # noqa: E402
 
+from visualrwkv.demo import EXAMPLES_DIR, load_examples  # noqa: E402
 from visualrwkv.engine.engine import Engine, ImageInput  # noqa: E402
 from visualrwkv.engine.sampling import SamplingParams  # noqa: E402
 from visualrwkv.vision.image import ImageError, load_image  # noqa: E402
@@ -26,12 +31,14 @@ EMPTY_ANSWER = "(empty answer)"
 NEW_CONVERSATION = {"image": (), "pairs": []}  # "image": the paths of the conversation's images, in order
 
 
-def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blocks:
+def build_demo(engine: Engine, defaults: SamplingParams | None = None, note: str | None = None) -> gr.Blocks:
+    """`note`: a line shown under the title (e.g. why decoding is greedy by default)."""
     d = defaults or SamplingParams()
     max_tokens_limit = engine.max_new_tokens or 1024
     with gr.Blocks(title="VisualRWKV") as demo:
         gr.Markdown(f"## VisualRWKV · `{engine.model_id}`\nUpload an image, then ask about it. "
-                    "Asking about a new image starts a new conversation.")
+                    "Asking about a new image starts a new conversation." + (f"\n\n{note}" if note else ""),
+                    elem_id="intro")
         # what the engine sees: the conversation's image and its (question, answer) pairs. The reset
         # for a new image happens when the question is asked, not on the upload event, so a late
         # upload event can never wipe a conversation that has already started.
@@ -61,6 +68,10 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("Clear", elem_id="clear")
+                # clicking one fills the image and the question; asking stays the user's move
+                gr.Examples([[str(EXAMPLES_DIR / ex["image"]), ex["question"]] for ex in load_examples()],
+                            [image, question], label="Examples (the shipped model's shapes)", elem_id="examples",
+                            cache_examples=False)
 
         def respond(text, image_path, more_paths, state, messages, temperature, top_p, top_k, presence, frequency,
                     max_tokens, seed):
@@ -80,7 +91,9 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
                 handle = engine.ask(text, pictures, history, params)
             except ValueError as e:
                 raise gr.Error(str(e)) from None
-            messages = list(messages or []) + [{"role": "user", "content": text},
+            # the first question of a conversation shows its images (in the same bubble, before the text)
+            asked = text if history else [*({"path": path} for path in paths), text]
+            messages = list(messages or []) + [{"role": "user", "content": asked},
                                                {"role": "assistant", "content": ""}]
             state = {"image": paths, "pairs": history}
             yield messages, state, ""
@@ -123,10 +136,18 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
 
 
 def launch(engine: Engine, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
-           defaults: SamplingParams | None = None) -> gr.Blocks:
-    """Serve the demo; with `block=False` return at once (call `demo.close()` to stop)."""
-    demo = build_demo(engine, defaults)
+           defaults: SamplingParams | None = None, note: str | None = None, share: bool = False,
+           api_key: str | None = None) -> gr.Blocks:
+    """Serve the demo; with `block=False` return at once (call `demo.close()` to stop). `share`: also a
+    public gradio.live link (needs the internet); `api_key`: a login page that takes any user name and
+    this key as the password."""
+    demo = build_demo(engine, defaults, note)
     demo.queue(default_concurrency_limit=engine.max_batch_size)
+    auth = None
+    if api_key:
+        def auth(user: str, password: str) -> bool:
+            return secrets.compare_digest(password.encode(), api_key.encode())
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, theme=THEME, quiet=not block,
-                footer_links=[])
+                footer_links=[], share=share, auth=auth,
+                auth_message="Enter any user name and the server's API key as the password." if auth else None)
     return demo
