@@ -51,6 +51,39 @@ def tiny_vlm_dir(tiny_vlm, tmp_path_factory):
     return path
 
 
+def _build_tiny_v7_vlm(seed: int = 0):
+    """A v7.00-like tiny model: the v7 prompt format (images first, several per conversation), an RWKV-7
+    LM with random weights, the mlp projector, unidirectional scanning, a tiny encoder (32×32 → 16
+    vectors). "\\n\\n" is not boosted: greedy answers run to max_tokens, so none is empty."""
+    from visualrwkv.model import VisualRWKV, VisualRWKVConfig
+    from visualrwkv.rwkv.model import RWKVConfig
+    from visualrwkv.testing import random_rwkv7_state_dict
+    from visualrwkv.vision.encoders import VisionConfig
+    from visualrwkv.vision.tiny import TinyEncoderConfig
+
+    torch.manual_seed(seed)
+    vision = VisionConfig("tiny", tiny=TinyEncoderConfig(image_size=32, patch_size=8, hidden_size=64,
+                                                         num_layers=1, num_heads=2))
+    config = VisualRWKVConfig(rwkv=RWKVConfig(n_embd=128, n_layer=2, vocab_size=65536, version=7), vision=vision,
+                              projector="mlp", scanning="unidirection", prompt_format="v7")
+    model = VisualRWKV(config)
+    model.rwkv.load_state_dict(random_rwkv7_state_dict(128, 2, vocab_size=65536, seed=seed))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_v7_vlm():
+    """A shared v7.00-like tiny VisualRWKV (several images per conversation); never mutate it."""
+    return _build_tiny_v7_vlm()
+
+
+@pytest.fixture(scope="session")
+def tiny_v7_vlm_dir(tiny_v7_vlm, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_v7_vlm") / "tiny-v7-vlm"
+    tiny_v7_vlm.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def kernel_cache(tmp_path_factory):
     """The compiled CPU kernels are built for this session (and its subprocesses), not into ~/.cache."""

@@ -32,6 +32,9 @@ TIMEOUT_MS = 30_000
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
 
+QUESTION_BUBBLES = '#chatbot [data-testid="user"]:not(:has(img))'
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,7 +113,9 @@ def test_upload_ask_follow_up_and_clear(tiny_vlm, page, tmp_path):
     ask(page, "And then?")
     expect(bot).to_have_count(2)
     expect(bot.nth(1)).to_have_text(second or "(empty answer)")
-    expect(page.locator('#chatbot [data-testid="user"]')).to_have_text(["What is on the left?", "And then?"])
+    # the questions, after the conversation's image (shown once, in a bubble of its own before the first)
+    expect(page.locator(QUESTION_BUBBLES)).to_have_text(["What is on the left?", "And then?"])
+    expect(page.locator('#chatbot [data-testid="user"] img')).to_have_count(1)
 
     page.click("#clear")
     expect(bot).to_have_count(0)
@@ -125,7 +130,7 @@ def test_upload_ask_follow_up_and_clear(tiny_vlm, page, tmp_path):
     page.set_input_files("#image input[type=file]", str(green_path))
     expect(page.locator("#image img")).to_have_attribute("src", re.compile("green|[0-9a-f]{20}"))
     ask(page, "What color is it?")
-    expect(page.locator('#chatbot [data-testid="user"]')).to_have_text(["What color is it?"])
+    expect(page.locator(QUESTION_BUBBLES)).to_have_text(["What color is it?"])
     expect(bot.nth(0)).to_have_text(expected_answer(tiny_vlm, green_path.read_bytes(), "What color is it?"))
 
 
@@ -140,3 +145,89 @@ def test_a_bad_upload_is_a_readable_message(page, tmp_path):
     sync_api.expect(toast.first).to_contain_text("cannot identify image")
     ask(page, "Is anyone there?")
     sync_api.expect(page.locator('#chatbot [data-testid="bot"]').last).not_to_have_text("", timeout=TIMEOUT_MS)
+
+
+def test_the_first_question_shows_its_image(tiny_vlm, page, tmp_path):
+    """The images a conversation starts with are shown before its first question (one bubble each, in
+    order), not again before follow-ups. (The page is still greedy from the first test, as is the next.)"""
+    paths = [tmp_path / "blue.png"]
+    Image.new("RGB", (40, 30), (20, 40, 220)).save(paths[0])
+    page.click("#clear")
+    page.set_input_files("#image input[type=file]", str(paths[0]))
+    page.wait_for_selector("#image img")
+    ask(page, "What color is it?")
+    user = page.locator('#chatbot [data-testid="user"]')
+    sync_api.expect(user).to_have_count(2)
+    sync_api.expect(user.nth(0).locator("img")).to_have_count(1)
+    sync_api.expect(user.nth(1)).to_have_text("What color is it?")
+    answer = expected_answer(tiny_vlm, paths[0].read_bytes(), "What color is it?")
+    sync_api.expect(page.locator('#chatbot [data-testid="bot"]').nth(0)).to_have_text(answer or "(empty answer)")
+    ask(page, "Are you sure?")
+    sync_api.expect(user).to_have_count(3)
+    sync_api.expect(page.locator('#chatbot [data-testid="user"] img')).to_have_count(1)
+    sync_api.expect(user.nth(2)).to_have_text("Are you sure?")
+
+
+def test_an_example_fills_the_image_and_the_question(tiny_vlm, page):
+    """Clicking a bundled example puts its image and question in place; asking answers about that image."""
+    from visualrwkv.demo import EXAMPLES_DIR, load_examples
+
+    example = load_examples()[0]
+    page.click("#clear")
+    page.locator("#examples").get_by_text(example["question"].splitlines()[0]).first.click()
+    sync_api.expect(page.locator("#question textarea")).to_have_value(example["question"])
+    page.wait_for_selector("#image img")
+    page.click("#send")
+    expected = expected_answer(tiny_vlm, (EXAMPLES_DIR / example["image"]).read_bytes(), example["question"])
+    bot = page.locator('#chatbot [data-testid="bot"]')
+    sync_api.expect(bot).to_have_count(1)
+    sync_api.expect(bot.nth(0)).to_have_text(expected or "(empty answer)")
+
+
+def test_api_key_puts_a_login_page_in_front(tiny_vlm, page):
+    """--api-key: the UI is behind a login that takes the key as the password; a wrong key stays out."""
+    engine = Engine(tiny_vlm, max_new_tokens=8)
+    port = free_port()
+    demo = launch(engine, port=port, block=False, api_key="s3cret-key")
+    context = page.context.browser.new_context()  # a browser of its own: no cookie shared with `page`
+    try:
+        login = context.new_page()
+        login.set_default_timeout(TIMEOUT_MS)
+        login.goto(f"http://127.0.0.1:{port}/")
+        sync_api.expect(login.get_by_text("API key as the password")).to_be_visible()
+        assert login.locator("#question").count() == 0
+        for password, gets_in in (("wrong", False), ("s3cret-key", True)):
+            login.get_by_label("username").fill("anyone")
+            login.get_by_label("password").fill(password)
+            login.get_by_role("button", name="Login").click()
+            if gets_in:
+                login.wait_for_selector("#question textarea")
+            else:
+                sync_api.expect(login.get_by_text("Incorrect Credentials")).to_be_visible()
+    finally:
+        context.close()
+        demo.close()
+        engine.close()
+
+
+def test_greedy_by_default_for_a_short_answer_model(tiny_vlm_dir, tmp_path):
+    """The shipped model (trained on short VQA answers) gets temperature 0 and a note saying why; another
+    model keeps temperature 1; --temperature wins either way and is validated."""
+    import json
+
+    from visualrwkv.serve.cli import SHORT_ANSWER_NOTE, webui_defaults
+
+    params, note = webui_defaults(None, None)  # the shipped model
+    assert (params.temperature, note) == (0.0, SHORT_ANSWER_NOTE)
+    params, note = webui_defaults(str(tiny_vlm_dir), None)  # no train_config.json
+    assert (params.temperature, note) == (1.0, None)
+    trained = tmp_path / "run"
+    trained.mkdir()
+    (trained / "train_config.json").write_text(json.dumps({"prepare": "shapes"}))
+    assert webui_defaults(str(trained), None)[0].temperature == 0.0
+    (trained / "train_config.json").write_text(json.dumps({"prepare": ""}))
+    assert webui_defaults(str(trained), None)[0].temperature == 1.0
+    assert webui_defaults(None, 0.7) == (webui_defaults(str(trained), 0.7)[0], None)
+    assert webui_defaults(None, 0.7)[0].temperature == 0.7
+    with pytest.raises(ValueError, match="temperature"):
+        webui_defaults(None, -1.0)

@@ -1,7 +1,9 @@
 """`visualrwkv ask` (one question, the answer streamed to stdout) and `visualrwkv chat` (multi-turn on stdin).
 
 `chat` reads one question per line; lines starting with "/" are commands: `/image PATH` (a new
-conversation about another image), `/reset` (forget the conversation, keep the image), `/help`, `/quit`.
+conversation, with this image added after the others where the model takes several, else about this
+image instead), `/image` alone (clear the images), `/reset` (forget the conversation, keep the images),
+`/help`, `/quit`. `--image` may be repeated (several images, in order).
 It works the same with stdin piped from a file. On a terminal: a ">>> " prompt with line editing and
 the questions of earlier sessions on the up arrow (readline), Ctrl-C stops the current answer and keeps
 the conversation, Ctrl-D leaves.
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import sys
 
-CHAT_HELP = "commands: /image PATH (new conversation about another image), /reset, /help, /quit"
+CHAT_HELP = ("commands: /image PATH (new conversation, the image added; one-image models: about it instead), "
+             "/image (clear the images), /reset, /help, /quit")
 KEYS_HELP = "Ctrl-C stops an answer, Ctrl-D leaves; arrow keys edit and recall earlier questions"
 HISTORY_LIMIT = 1000  # questions kept in the history file
 
@@ -50,12 +53,14 @@ def sampling_params_from_args(args):
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("ask", help="answer one question about an image (streamed to stdout)")
     p.add_argument("question")
-    p.add_argument("--image", help="image file (omit for a text-only question)")
+    p.add_argument("--image", action="append", metavar="PATH",
+                   help="image file; repeat for several images, in order (omit for a text-only question)")
     add_sampling_arguments(p)
     p.set_defaults(func=run_ask)
 
     p = subparsers.add_parser("chat", help="multi-turn chat about an image on stdin (" + CHAT_HELP + ")")
-    p.add_argument("--image", help="image file (omit for a text-only chat; /image PATH sets one later)")
+    p.add_argument("--image", action="append", metavar="PATH",
+                   help="image file, repeatable (omit for a text-only chat; /image PATH adds one later)")
     add_sampling_arguments(p)
     p.set_defaults(func=run_chat)
 
@@ -87,13 +92,29 @@ def _read_image(path: str, args):
     return ImageInput.from_path(path, args.max_pixels or DEFAULT_MAX_PIXELS)
 
 
+def _read_images(paths, args) -> list:
+    """The --image files, in order (none: text only)."""
+    return [_read_image(path, args) for path in paths or ()]
+
+
+def _with_image(images: list, names: list[str], image, name: str, max_images: int | None):
+    """The images after `/image PATH`: added after the others, or instead of the one a one-image model
+    takes; a ValueError where the model takes no more."""
+    if max_images == 1:
+        return [image], [name]
+    if max_images is not None and len(images) >= max_images:
+        raise ValueError(f"this model takes at most {max_images} images per conversation; "
+                         "/image alone clears them")
+    return images + [image], names + [name]
+
+
 def run_ask(args) -> int:
     if not args.question.strip():
         raise ValueError("the question is empty")
-    image = _read_image(args.image, args) if args.image else None
+    images = _read_images(args.image, args)
     engine, params = _open_engine(args)
     with engine:
-        _stream(engine.ask(args.question, image, params=params), sys.stdout)
+        _stream(engine.ask(args.question, images, params=params), sys.stdout)
     return 0
 
 
@@ -144,7 +165,7 @@ def _line_reader(interactive: bool):
 
 
 def run_chat(args) -> int:
-    image = _read_image(args.image, args) if args.image else None
+    images, names = _read_images(args.image, args), list(args.image or ())
     engine, params = _open_engine(args)
     interactive = sys.stdin.isatty()
     history: list[tuple[str, str]] = []
@@ -152,6 +173,7 @@ def run_chat(args) -> int:
     if interactive:
         print(f"{CHAT_HELP}\n{KEYS_HELP}")
     with engine:
+        engine.build_prompt("?", images)  # more images than the model takes: one line before any question
         while True:
             try:
                 line = read_line()
@@ -173,13 +195,15 @@ def run_chat(args) -> int:
                     history = []
                     print("[new conversation]", flush=True)
                 elif command == "/image":
+                    path = argument.strip()
                     try:
-                        image = _read_image(argument.strip(), args) if argument.strip() else None
+                        images, names = _with_image(images, names, _read_image(path, args), path,
+                                                    engine.model.max_images) if path else ([], [])
                     except ValueError as e:
                         print(f"error: {e}", file=sys.stderr, flush=True)
                         continue
                     history = []
-                    print(f"[new conversation about {argument.strip() or 'no image'}]", flush=True)
+                    print(f"[new conversation about {', '.join(names) or 'no image'}]", flush=True)
                 elif command == "/help":
                     print(CHAT_HELP, flush=True)
                 else:
@@ -187,7 +211,7 @@ def run_chat(args) -> int:
                 continue
             handle = None
             try:
-                handle = engine.ask(line, image, history, params)
+                handle = engine.ask(line, images, history, params)
                 answer = _stream(handle, sys.stdout)
             except ValueError as e:  # e.g. the conversation grew past a limit
                 print(f"error: {e}", file=sys.stderr, flush=True)

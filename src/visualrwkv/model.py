@@ -31,6 +31,7 @@ from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, 
 from .utils import atomic_save_file, atomic_write
 from .vision.encoders import VisionConfig, build_encoder, clip_config_from_state_dict
 from .vision.hf_encoders import official_clip_keys
+from .prompts import PROMPT_FORMATS
 from .vision.projector import build_projector, infer_projector
 
 CONFIG_NAME, WEIGHTS_NAME = hub.CONFIG_NAME, hub.WEIGHTS_NAME
@@ -52,7 +53,12 @@ class VisualRWKVConfig:
     scanning: str = "bidirection"
     image_position: str = "middle"  # the prompt layout for instructions (SPEC §7.3); "middle" = sandwich
     ctx_len: int = 2048
-    text_only_layout: str | None = None  # one of TEXT_ONLY_LAYOUTS; None: the version's own ("plain" for the v7 stack)
+    text_only_layout: str | None = None  # one of TEXT_ONLY_LAYOUTS; None: the format's own ("plain" for v7)
+    # the prompt format (prompts.py): "v6" (image_position, one image) or "v7" (images first, one
+    # `<image>` line each, several per conversation); None: "v7" with the v7 stack, else "v6"
+    prompt_format: str | None = None
+    # images per conversation the model takes; None: the format's own (v6: 1, SPEC §5.4 step 5; v7: no limit)
+    max_images: int | None = None
 
     def __post_init__(self):
         if isinstance(self.rwkv, dict):
@@ -65,15 +71,27 @@ class VisualRWKVConfig:
             raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {self.image_position!r}")
         if self.ctx_len <= 0:
             raise ValueError(f"ctx_len must be positive, got {self.ctx_len}")
-        if self.text_only_layout is None:
-            self.text_only_layout = "plain" if self.vision.kind == "stack" else "image-slot"
+        if self.prompt_format is None:
+            self.prompt_format = "v7" if self.vision.kind == "stack" else "v6"
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
+        if self.text_only_layout is None:  # v7.00's official code embeds text-only batches plainly
+            self.text_only_layout = "plain" if self.prompt_format == "v7" else "image-slot"
         if self.text_only_layout not in TEXT_ONLY_LAYOUTS:
             raise ValueError(f"text_only_layout must be one of {TEXT_ONLY_LAYOUTS}, got {self.text_only_layout!r}")
+        if self.max_images is None and self.prompt_format == "v6":
+            self.max_images = 1
+        if self.max_images is not None and (type(self.max_images) is not int or self.max_images < 1):
+            raise ValueError(f"max_images must be None or an integer >= 1, got {self.max_images!r}")
+        if self.prompt_format == "v6" and self.max_images != 1:
+            raise ValueError("the v6 prompt format takes one image per conversation (SPEC §5.4): max_images must "
+                             f"be 1, got {self.max_images}; several images need prompt_format 'v7'")
 
     def to_dict(self) -> dict:
         return {"rwkv": self.rwkv.to_dict(), "vision": self.vision.to_dict(), "projector": self.projector,
                 "scanning": self.scanning, "image_position": self.image_position, "ctx_len": self.ctx_len,
-                "text_only_layout": self.text_only_layout}
+                "text_only_layout": self.text_only_layout, "prompt_format": self.prompt_format,
+                "max_images": self.max_images}
 
     @classmethod
     def from_dict(cls, d: dict) -> "VisualRWKVConfig":
@@ -282,16 +300,29 @@ class VisualRWKV(nn.Module):
             logits = step[0]
         return out
 
+    @property
+    def max_images(self) -> int | None:
+        """Images per conversation this model takes (None: any number); see VisualRWKVConfig.max_images."""
+        return self.config.max_images
+
+    def prompt_ids(self, question: str | list, num_images: int) -> list[int]:
+        """The generation prompt in this model's format, with one sentinel per image; a conversation
+        with more images than the model takes is refused with one clear line (a ValueError)."""
+        from .prompts import build_inference_prompt, check_image_count
+
+        check_image_count(num_images, self.max_images)
+        return build_inference_prompt(question, self.config.image_position, tokenizer=self.tokenizer,
+                                      num_images=num_images, prompt_format=self.config.prompt_format)
+
     def chat(self, image, question: str | list, max_new_tokens: int = 128) -> str:
-        """Greedy answer to `question` about `image` (a path, bytes or PIL image; None for text only).
+        """Greedy answer to `question` about `image` (a path, bytes or PIL image; a list of them, in
+        order, for several images where the model takes them; None or [] for text only).
 
         `question` may also be a list of (question, answer) pairs followed by the new question.
         """
-        from .prompts import build_inference_prompt
-
-        has_image = image is not None
-        ids = build_inference_prompt(question, self.config.image_position, has_image=has_image, tokenizer=self.tokenizer)
-        tokens = self.generate_greedy(ids, [image] if has_image else [], max_new_tokens)
+        images = [] if image is None else list(image) if isinstance(image, (list, tuple)) else [image]
+        ids = self.prompt_ids(question, len(images))
+        tokens = self.generate_greedy(ids, images, max_new_tokens)
         return self.tokenizer.decode(tokens).split("\n\n")[0].strip()
 
     # ---- checkpoints ------------------------------------------------------------------------

@@ -8,9 +8,14 @@ Pipeline: conversations (LLaVA `[{"from": "human"|"gpt", "value": str}, ...]`)
   → `tokenize_turns` (each turn encoded on its own; image turns split on `<image>` with the sentinel
     IMAGE_TOKEN_INDEX between the pieces) → `TokenizedSample(input_ids, labels, num_images)`.
 
-Several images (an extension; v6.0 supports one): a human turn holding k `<image>` tags keeps k tags,
-in their original order, at the image position, one per line (`first`: `<image>\\n<image>\\n{text}`,
-the v7.00 layout). Each human turn that holds tags is transformed on its own, as the official loop does.
+Two prompt formats, chosen by the model's config (`VisualRWKVConfig.prompt_format`):
+- "v6" (v6.0): the human turn holding `<image>` laid out by `image_position` (the sandwich by default),
+  one image per conversation (SPEC §5.4 step 5; `check_image_count`);
+- "v7" (v7.00, SPEC §7.4): images always start their human turn, one `<image>` line each
+  (`<image>\\n<image>\\n{text}`), no image_position; the `<image>` count must equal the number of
+  images, and a question without tags gets one per image (as the official evaluate.py does).
+A human turn holding k `<image>` tags keeps k tags, in their original order, one per line at the image
+position. Each human turn that holds tags is transformed on its own, as the official loop does.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from visualrwkv.rwkv.tokenizer import Tokenizer
 
 ImagePosition = Literal["first", "last", "middle"]
 IMAGE_POSITIONS: tuple[str, ...] = ("first", "last", "middle")
+PROMPT_FORMATS: tuple[str, ...] = ("v6", "v7")
 ROLE_NAMES = {"human": "User", "gpt": "Assistant"}
 # Removed from the image turn's copy inside ALL_HUMAN only (SPEC §7.3); the later copy keeps it.
 SHORT_ANSWER_PHRASE = "Answer the question using a single word or phrase."
@@ -33,6 +39,24 @@ _BLANK_LINES = re.compile(r"\n(\s*\n)+")
 
 class ConversationError(ValueError):
     """A conversation that cannot be rendered; the message names the turn and what is wrong."""
+
+
+def check_prompt_format(prompt_format: str) -> str:
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
+    return prompt_format
+
+
+def layout_position(prompt_format: str, image_position: str) -> str:
+    """Where images go: v6 follows `image_position`; v7 always puts them first (it has no image_position)."""
+    return "first" if check_prompt_format(prompt_format) == "v7" else image_position
+
+
+def check_image_count(n_images: int, max_images: int | None) -> None:
+    """One clear line when a conversation holds more images than the model takes (None: no limit)."""
+    if max_images is not None and n_images > max_images:
+        takes = "one image" if max_images == 1 else f"at most {max_images} images"
+        raise ConversationError(f"this model takes {takes} per conversation, got {n_images}")
 
 
 @dataclass(frozen=True)
@@ -116,8 +140,10 @@ def _place_images(value: str, image_position: str, all_human: str) -> str:
     return placed.strip()
 
 
-def render_conversation(conversations: Sequence[Mapping], image_position: str = "middle") -> list[TurnText]:
+def render_conversation(conversations: Sequence[Mapping], image_position: str = "middle",
+                        prompt_format: str = "v6") -> list[TurnText]:
     """Rendered turns, in order; concatenating their `text` gives the whole prompt."""
+    image_position = layout_position(prompt_format, image_position)
     if image_position not in IMAGE_POSITIONS:
         raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {image_position!r}")
     validate_conversations(conversations)
@@ -136,8 +162,8 @@ def render_conversation(conversations: Sequence[Mapping], image_position: str = 
     return turns
 
 
-def render_text(conversations: Sequence[Mapping], image_position: str = "middle") -> str:
-    return "".join(t.text for t in render_conversation(conversations, image_position))
+def render_text(conversations: Sequence[Mapping], image_position: str = "middle", prompt_format: str = "v6") -> str:
+    return "".join(t.text for t in render_conversation(conversations, image_position, prompt_format))
 
 
 @lru_cache(maxsize=1)
@@ -180,25 +206,34 @@ def tokenize_conversation(
     tokenizer=None,
     image_position: str = "middle",
     num_images: int | None = None,
+    prompt_format: str = "v6",
 ) -> TokenizedSample:
     """Render and tokenize a training conversation. `num_images`, when given, must equal the number of
-    `<image>` tags (each tag becomes one sentinel); `tokenizer` defaults to the RWKV World tokenizer."""
+    `<image>` tags (each tag becomes one sentinel; the v7 format always checks it, counting no `image` as
+    0); `tokenizer` defaults to the RWKV World tokenizer."""
     validate_conversations(conversations)
+    if num_images is None and check_prompt_format(prompt_format) == "v7":
+        num_images = 0
     if num_images is not None:
         tags = count_image_tags(conversations)
         if tags != num_images:
             raise ConversationError(f"{tags} {DEFAULT_IMAGE_TOKEN} tag(s) but {num_images} image(s)")
-    turns = render_conversation(conversations, image_position)
+    turns = render_conversation(conversations, image_position, prompt_format)
     return tokenize_turns(turns, tokenizer or default_tokenizer())
 
 
-def inference_conversation(question, has_image: bool = True) -> list[dict]:
+def inference_conversation(question, has_image: bool = True, num_images: int | None = None) -> list[dict]:
     """LLaVA turns for a prompt: prior (question, answer) rounds, the new question, an empty gpt turn.
 
     `question` is a str, or a list of (question, answer) pairs followed by the new question (a str).
-    With `has_image` and no `<image>` tag anywhere, "<image>\\n" is put before the first question,
-    as the official evaluation does; tags the caller placed are kept (several images).
+    With images and no `<image>` tag anywhere, one "<image>\\n" per image is put before the first
+    question, as the official evaluation does; tags the caller placed are kept. `num_images` (when
+    given, it overrides `has_image`): the tags, placed or added, must number exactly that many.
     """
+    if num_images is not None:
+        if type(num_images) is not int or num_images < 0:
+            raise ValueError(f"num_images must be an integer >= 0, got {num_images!r}")
+        has_image = num_images > 0
     if isinstance(question, str):
         history, new_question = [], question
     elif isinstance(question, Sequence) and question and isinstance(question[-1], str):
@@ -215,9 +250,14 @@ def inference_conversation(question, has_image: bool = True) -> list[dict]:
     turns += [{"from": "human", "value": new_question}, {"from": "gpt", "value": ""}]
     tags = count_image_tags(turns)
     if has_image and tags == 0:
-        turns[0] = {"from": "human", "value": DEFAULT_IMAGE_TOKEN + "\n" + turns[0]["value"]}
+        added = (DEFAULT_IMAGE_TOKEN + "\n") * (num_images or 1)
+        turns[0] = {"from": "human", "value": added + turns[0]["value"]}
     elif not has_image and tags:
-        raise ConversationError(f"has_image=False but the prompt holds {tags} {DEFAULT_IMAGE_TOKEN} tag(s)")
+        given = "has_image=False" if num_images is None else "no image was given"
+        raise ConversationError(f"{given} but the prompt holds {tags} {DEFAULT_IMAGE_TOKEN} tag(s)")
+    elif num_images is not None and tags and tags != num_images:
+        raise ConversationError(f"the prompt holds {tags} {DEFAULT_IMAGE_TOKEN} tag(s) but {num_images} image(s) "
+                                "were given")
     for i in range(0, len(turns), 2):
         # an empty human turn would render as "User:" with no terminator and run into the next turn
         if not turns[i]["value"].strip():
@@ -231,8 +271,11 @@ def build_inference_prompt(
     has_image: bool = True,
     *,
     tokenizer=None,
+    num_images: int | None = None,
+    prompt_format: str = "v6",
 ) -> list[int]:
     """Token ids of the generation prompt, ending with "\\n\\nAssistant:"; sentinels (IMAGE_TOKEN_INDEX)
     mark the images. See `inference_conversation` for the forms `question` may take."""
-    turns = render_conversation(inference_conversation(question, has_image), image_position)
+    turns = render_conversation(inference_conversation(question, has_image, num_images), image_position,
+                                prompt_format)
     return tokenize_turns(turns, tokenizer or default_tokenizer()).input_ids

@@ -41,7 +41,7 @@ def _samples(model, data: Path, limit: int | None):
     for i, row in enumerate(rows):
         images = [row["image"]] if row.get("image") else []
         sample = tokenize_conversation(row["conversations"], model.tokenizer, model.config.image_position,
-                                       num_images=len(images))
+                                       num_images=len(images), prompt_format=model.config.prompt_format)
         pixels = model.preprocess([Image.open(data.parent / p).convert("RGB") for p in images]) if images else \
             torch.zeros(0)
         yield sample.input_ids, pixels, sample.labels

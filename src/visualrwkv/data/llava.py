@@ -7,6 +7,10 @@ optionally a PIL verify of every image); images are decoded in `__getitem__`. A 
 `skip_bad_rows=True`, is dropped and counted per reason in `dataset.skipped`. A sample whose first
 ctx_len positions hold no label is always skipped and counted (`no_label_in_ctx_len`).
 
+The prompt format follows the model (`prompt_format`, prompts.py): "v6" lays the image out by
+`image_position` and takes one image per row (`max_images`; more is the reason `too_many_images`);
+"v7" puts the row's images, in order, at the start of their human turn, any number of them.
+
 What an item holds (the model splices and truncates again after inserting image features, §5.4):
 `input_ids` with one IMAGE_TOKEN_INDEX sentinel per image, `labels` masked per §7.6, `images` (one
 per sentinel, preprocessed tensors or PIL images), `id`, and `skipped` (see __getitem__).
@@ -27,6 +31,7 @@ from PIL import Image
 from visualrwkv.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from visualrwkv.prompts import (
     IMAGE_POSITIONS,
+    check_prompt_format,
     ROLE_NAMES,
     SHORT_ANSWER_PHRASE,
     ConversationError,
@@ -41,6 +46,7 @@ REASONS = (
     "bad_role",  # a turn whose "from" is not human/gpt
     "empty_conversations",  # no turns (or none left after dropping empty-answer rounds)
     "image_count_mismatch",  # number of <image> tags != number of image paths
+    "too_many_images",  # more images than the model takes (v6 format: one per sample, SPEC §5.4)
     "missing_image",  # an image file that does not exist
     "corrupt_image",  # an image file that PIL cannot verify or decode
     "no_label_in_ctx_len",  # no supervised token within the first ctx_len positions (always skipped)
@@ -245,6 +251,7 @@ class LlavaDataset(torch.utils.data.Dataset):
     spliced image length, e.g. 577 for CLIP-L/336, for a text budget of ctx_len − 577).
     `text_only_positions`: what the model puts before the text of a sample without an image
     (`VisualRWKV.text_only_positions`: the image slot under the v6.0 layout, else 0).
+    `prompt_format` ("v6" or "v7") and `max_images` (None: no limit): the model's (VisualRWKVConfig).
     `load_image(path) -> PIL.Image` and `preprocess(PIL) -> Tensor` are the vision layer's hooks; they
     must be picklable (module-level functions) for DataLoader workers.
     """
@@ -262,6 +269,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         max_rounds: int | None = None,
         skip_bad_rows: bool = False,
         verify_images: bool = False,
+        prompt_format: str = "v6",
+        max_images: int | None = None,
         load_image: Callable[[str], Image.Image] = default_load_image,
         preprocess: Callable[[Image.Image], Any] | None = None,
     ):
@@ -273,8 +282,11 @@ class LlavaDataset(torch.utils.data.Dataset):
             raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {image_position!r}")
         if max_rounds is not None and max_rounds < 1:
             raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
+        if max_images is not None and max_images < 1:
+            raise ValueError(f"max_images must be None or >= 1, got {max_images}")
         self._tokenizer = tokenizer
         self.image_position = image_position
+        self.prompt_format, self.max_images = check_prompt_format(prompt_format), max_images
         if text_only_positions < 0:
             raise ValueError(f"text_only_positions must be >= 0, got {text_only_positions}")
         self.ctx_len, self.tokens_per_image, self.max_rounds = ctx_len, tokens_per_image, max_rounds
@@ -305,6 +317,10 @@ class LlavaDataset(torch.utils.data.Dataset):
         try:
             record = replace(parse_row(row, root), location=location)
             sample_id = record.sample_id
+            if self.max_images is not None and len(record.image_paths) > self.max_images:
+                takes = "one image" if self.max_images == 1 else f"at most {self.max_images} images"
+                raise DataError("too_many_images", f"{len(record.image_paths)} images, but the model takes {takes} "
+                                "per sample")
             for path in record.image_paths:
                 if not Path(path).is_file():
                     raise DataError("missing_image", f"image file not found: {path}")
@@ -393,7 +409,8 @@ class LlavaDataset(torch.utils.data.Dataset):
     def _build(self, record: LlavaRecord) -> dict:
         try:
             sample = tokenize_conversation(
-                record.conversations, self.tokenizer, self.image_position, num_images=len(record.image_paths)
+                record.conversations, self.tokenizer, self.image_position, num_images=len(record.image_paths),
+                prompt_format=self.prompt_format,
             )
         except ConversationError as e:
             raise DataError("malformed", str(e), record.location, record.sample_id) from None

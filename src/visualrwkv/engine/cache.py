@@ -22,23 +22,35 @@ class CacheableState(Protocol):
     def clone(self) -> "CacheableState": ...
 
 
-def make_key(image_bytes: bytes | None, prefix_ids: Sequence[int], model_id: str) -> str:
-    """sha256 hex digest naming (image, token prefix, model).
+def make_key(image_bytes: bytes | Sequence[bytes] | None, prefix_ids: Sequence[int], model_id: str) -> str:
+    """sha256 hex digest naming (images, token prefix, model).
 
-    Each part is length-delimited, so different splits of the same bytes never collide, and "no
-    image" differs from an empty image.
+    `image_bytes`: None (no image), one bytes value, or a sequence of them (several images, in order;
+    a sequence of one names the same prompt as its single value, an empty one the same as None). Each
+    part is length-delimited and the number of images is hashed, so different splits of the same
+    bytes never collide, "no image" differs from an empty image, and images in another order differ.
     """
     ids = list(prefix_ids)
     return make_prefix_keys(image_bytes, ids, [len(ids)], model_id)[0]
 
 
-def make_prefix_keys(image_bytes: bytes | None, ids: Sequence[int], lengths: Sequence[int],
+def _image_parts(image_bytes) -> list[bytes]:
+    if image_bytes is None:
+        return []
+    if isinstance(image_bytes, (bytes, bytearray, memoryview)):
+        return [bytes(image_bytes)]
+    if isinstance(image_bytes, (list, tuple)) and all(isinstance(b, (bytes, bytearray, memoryview))
+                                                      for b in image_bytes):
+        return [bytes(b) for b in image_bytes]
+    raise TypeError(f"image_bytes must be bytes, a list of bytes or None, got {type(image_bytes).__name__}")
+
+
+def make_prefix_keys(image_bytes: bytes | Sequence[bytes] | None, ids: Sequence[int], lengths: Sequence[int],
                      model_id: str) -> list[str]:
     """`make_key(image_bytes, ids[:n], model_id)` for every n in `lengths` (ascending), in one pass
     over `ids`: a prompt of hundreds of turns has hundreds of checkpoints, and hashing each prefix
     from the start would cost quadratic time in the engine thread."""
-    if image_bytes is not None and not isinstance(image_bytes, (bytes, bytearray, memoryview)):
-        raise TypeError(f"image_bytes must be bytes or None, got {type(image_bytes).__name__}")
+    images = _image_parts(image_bytes)
     if not isinstance(model_id, str) or not model_id:
         raise ValueError(f"model_id must be a non-empty string, got {model_id!r}")
     if any(type(i) is not int for i in ids):  # bool is a subclass of int: refused too
@@ -49,11 +61,16 @@ def make_prefix_keys(image_bytes: bytes | None, ids: Sequence[int], lengths: Seq
     h = hashlib.sha256()
     model = model_id.encode("utf-8")
     h.update(struct.pack("<Q", len(model)) + model)
-    if image_bytes is None:
+    if not images:
         h.update(b"\x00")
+    elif len(images) == 1:  # the one-image encoding, as before several images were taken
+        h.update(b"\x01" + struct.pack("<Q", len(images[0])))
+        h.update(images[0])
     else:
-        h.update(b"\x01" + struct.pack("<Q", len(image_bytes)))
-        h.update(image_bytes)
+        h.update(b"\x02" + struct.pack("<Q", len(images)))
+        for image in images:
+            h.update(struct.pack("<Q", len(image)))
+            h.update(image)
     keys, done = [], 0
     for n in lengths:
         # signed 64-bit: token ids include the negative image sentinel (-200); the count comes

@@ -4,6 +4,7 @@ and the name a server reports for it."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -58,3 +59,19 @@ def check_device(device: str | torch.device) -> torch.device:
 def model_name(path: str | os.PathLike | None) -> str:
     """The id a server reports for the model (see hub.readable_name)."""
     return hub.readable_name(path if path is not None else hub.default_model())
+
+
+def trained_for_short_answers(path: str | os.PathLike | None) -> bool:
+    """Whether the model `path` names was trained on the shapes data (a word or phrase per answer, as a
+    classifier-style VQA model answers), read from the `train_config.json` a training run leaves in a
+    model directory. Such a model answers best greedily: the web UI makes temperature 0 its default.
+    False for anything without that file (official checkpoints, Hub ids)."""
+    import json
+
+    name = path if path is not None else hub.default_model()
+    directory = DEFAULT_MODEL_DIR if name == "tiny" else Path(name)
+    try:
+        config = json.loads((directory / "train_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("prepare") == "shapes"

@@ -5,229 +5,39 @@
   next step; finished rows leave it. Each row keeps its own state (`RWKVState.cat` / `select`) and
   its own sampling generator, so a request gets the same tokens alone or beside others.
 - Prefix-state cache: the state (and last logits) after a prompt prefix is stored, keyed by the
-  image digest and the prefix ids. Repeated questions skip the prefill; a follow-up turn resumes
+  digests of all the prompt's images, in order, and the prefix ids. Repeated questions skip the prefill; a follow-up turn resumes
   from the state after the previous answer when the history matches what this engine generated.
 - Submission is thread-safe; a `RequestHandle` streams text deltas to a plain thread (`for d in h`)
-  or to asyncio (`async for d in h`), then gives the `GenerationResult`.
+  or to asyncio (`async for d in h`), then gives the `GenerationResult` (handles.py).
 
-Multi-turn prompts (SPEC §9.2): the conversation is rendered the way it unfolded, so the state after
-an answer can be resumed: the first turn is the usual inference prompt (with the sandwich layout it
-lists only the first question), each answer is `" {answer}\\n\\n"` and each later question
-`"User: {q}\\n\\nAssistant:"`. (`prompts.build_inference_prompt` with a history, the training
-rendering, lists every question in the first turn instead, and so could never reuse a state.)
+The pieces: inputs.py (images, chat prompts), prefill.py (cache lookup, chunk planning, running a
+prompt into a state), handles.py (handles, results); this module schedules them and decodes.
+Everything a caller needs is importable from here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import hashlib
-import itertools
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from PIL import Image
 from torch import Tensor
 
-from visualrwkv.constants import IMAGE_TOKEN_INDEX, STOP_TOKEN_INDEX
-from visualrwkv.engine.cache import CacheStats, PrefixStateCache, make_key, make_prefix_keys
+from visualrwkv.constants import STOP_TOKEN_INDEX
+from visualrwkv.engine.cache import CacheStats, PrefixStateCache, make_key
+# the public names of the engine package, importable from here as before the split
+from visualrwkv.engine.handles import EngineBusyError, EngineClosedError, GenerationResult, RequestHandle  # noqa: F401
+from visualrwkv.engine.inputs import ChatPrompt, ImageInput, build_chat_prompt  # noqa: F401
+from visualrwkv.engine.prefill import PendingRequest, Prefiller, PrefillJob, PrefixEntry, plan_chunks  # noqa: F401
 from visualrwkv.engine.sampling import Sampler, SamplingParams, SamplingRow
 from visualrwkv.engine.stream import TextStream
-from visualrwkv.prompts import build_inference_prompt, normalize_value
+from visualrwkv.prompts import normalize_value
 from visualrwkv.rwkv.model import RWKVState
-from visualrwkv.vision.image import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 DEFAULT_PREFILL_CHUNK = 512
-
-
-class EngineClosedError(RuntimeError):
-    """The engine is shutting down or stopped; the request was not (or not fully) served."""
-
-
-class EngineBusyError(RuntimeError):
-    """Too many requests are waiting; try again later."""
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """A validated RGB image and the sha256 of its encoded bytes, which names it in the prefix cache."""
-
-    image: Image.Image
-    digest: bytes
-
-    @classmethod
-    def from_bytes(cls, data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                   name: str | None = None) -> "ImageInput":
-        # load_image refuses bombs from the header and raises ImageError (a ValueError) on bad data
-        return cls(load_image(bytes(data), max_pixels=max_pixels, name=name), hashlib.sha256(data).digest())
-
-    @classmethod
-    def from_path(cls, path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "ImageInput":
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            load_image(path)  # raises the ImageError that says what is wrong with the path
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ImageError(f"cannot read image {path!r}: {e}") from e
-        return cls.from_bytes(data, max_pixels, name=repr(path))  # errors name the file, not "<N bytes>"
-
-
-@dataclass
-class ChatPrompt:
-    ids: list[int]  # with IMAGE_TOKEN_INDEX where the image goes
-    image: ImageInput | None
-    checkpoints: list[int]  # prefix lengths whose states are looked up in / stored into the cache
-
-
-def build_chat_prompt(question: str, history: Sequence[tuple[str, str]] = (), image: ImageInput | None = None, *,
-                      tokenizer, image_position: str = "middle") -> ChatPrompt:
-    """The prompt for `question` after the (question, answer) pairs of `history`; see the module doc."""
-    for i, pair in enumerate(history):
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise ValueError(f"history item {i}: expected a (question, answer) pair of strings")
-        if not pair[1].strip():
-            raise ValueError(f"history item {i}: the answer is empty")
-    if not isinstance(question, str):
-        raise ValueError(f"question must be a string, got {type(question).__name__}")
-    turns = [q for q, _ in history] + [question]
-    ids = build_inference_prompt(turns[0], image_position, has_image=image is not None, tokenizer=tokenizer)
-    checkpoints = []
-    if image is not None and image_position == "first" and IMAGE_TOKEN_INDEX in ids:
-        checkpoints.append(ids.index(IMAGE_TOKEN_INDEX) + 1)  # "User: <image>": reusable for any question
-    for (_, answer), next_question in zip(history, turns[1:]):
-        checkpoints.append(len(ids))
-        answer_ids = tokenizer.encode(" " + normalize_value(answer) + "\n\n")
-        ids += answer_ids
-        if answer_ids[-1] == STOP_TOKEN_INDEX:
-            checkpoints.append(len(ids) - 1)  # where the engine stores the state after an answer
-        ids += build_inference_prompt(next_question, has_image=False, tokenizer=tokenizer)
-    n_sentinels = ids.count(IMAGE_TOKEN_INDEX)
-    if n_sentinels != (image is not None):
-        raise ValueError(f"the prompt holds {n_sentinels} '<image>' tag(s) but {int(image is not None)} image(s) "
-                         "were given; one image per conversation, attached to the first question")
-    return ChatPrompt(ids, image, sorted(set(checkpoints)))
-
-
-@dataclass
-class GenerationResult:
-    text: str  # the answer: cut at the first stop string, surrounding whitespace stripped
-    token_ids: list[int]  # generated tokens, without the stop token
-    finish_reason: str  # "stop", "length" or "cancelled"
-    prompt_tokens: int  # prompt positions: text tokens plus image vectors
-    completion_tokens: int  # sampled tokens, a stop token included
-    cached_tokens: int  # prompt positions resumed from the prefix cache
-
-
-class RequestHandle:
-    """One submitted request: iterate it (sync or async) for text deltas, then call `result()`."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self) -> None:
-        self.id = next(self._ids)
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._deltas: collections.deque[str] = collections.deque()
-        self._result: GenerationResult | None = None
-        self._error: BaseException | None = None
-        self._done = False
-        self._cancelled = False
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
-
-    # ---- engine side ------------------------------------------------------------------------
-    def _push(self, delta: str | None = None, result: GenerationResult | None = None,
-              error: BaseException | None = None) -> None:
-        with self._lock:
-            if self._done:
-                return
-            if delta:
-                self._deltas.append(delta)
-            if result is not None or error is not None:
-                self._result, self._error, self._done = result, error, True
-            self._cond.notify_all()
-            waiters, self._waiters = self._waiters, []
-        for loop, future in waiters:
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
-                pass
-
-    # ---- consumer side ----------------------------------------------------------------------
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def cancel(self) -> None:
-        """Stop generating at the next step (e.g. the client went away); the result says "cancelled"."""
-        self._cancelled = True
-
-    def _next(self):
-        """(delta, None) | (None, final) where final is the result or the error; caller holds the lock."""
-        if self._deltas:
-            return self._deltas.popleft(), None
-        if self._done:
-            return None, (self._error or self._result)
-        return None, None
-
-    def __iter__(self):
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._deltas or self._done)
-                delta, final = self._next()
-            if delta is not None:
-                yield delta
-            elif isinstance(final, BaseException):
-                raise final
-            else:
-                return
-
-    async def __aiter__(self):
-        loop = asyncio.get_running_loop()
-        while True:
-            with self._lock:
-                delta, final = self._next()
-                future = None
-                if delta is None and final is None:
-                    future = loop.create_future()
-                    self._waiters.append((loop, future))
-            if future is not None:
-                await future
-            elif delta is not None:
-                yield delta
-            elif isinstance(final, BaseException):
-                raise final
-            else:
-                return
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        """Block until the request is done; raises its error. Deltas not iterated are skipped, not lost:
-        the result holds the whole text."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._done, timeout):
-                raise TimeoutError(f"request {self.id} not done after {timeout} s")
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    async def aresult(self) -> GenerationResult:
-        async for _ in self:
-            pass
-        return self.result(timeout=0)
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class _Trim:
@@ -252,43 +62,8 @@ class _Trim:
 
 
 @dataclass
-class _PrefixEntry:
-    """What the cache holds for a prefix: the state after it and the logits of its last position."""
-
-    state: RWKVState
-    logits: Tensor
-
-    @property
-    def nbytes(self) -> int:
-        return self.state.nbytes + self.logits.numel() * self.logits.element_size()
-
-    def clone(self) -> "_PrefixEntry":
-        return _PrefixEntry(self.state.clone(), self.logits.clone())
-
-
-@dataclass
-class _Request:
-    prompt: ChatPrompt
-    params: SamplingParams
-    handle: RequestHandle
-
-
-@dataclass
-class _Prefill:
-    """A request whose prompt is being run into a state, chunk by chunk across engine steps."""
-
-    request: _Request
-    chunks: collections.deque[tuple[int, int]]  # [start, end) spans of the prompt ids still to run
-    keys: dict[int, str]  # prefix length → cache key, for the checkpoints (and the end) of the prompt
-    remaining: int  # positions still to run
-    cached: int  # positions resumed from the cache
-    state: RWKVState | None = None
-    logits: Tensor | None = None
-
-
-@dataclass
 class _Row:
-    request: _Request
+    request: PendingRequest
     sampling: SamplingRow
     stream: TextStream
     prompt_tokens: int
@@ -342,9 +117,10 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self._sampler = Sampler(self.tokenizer.token_bytes)
         self._cache = PrefixStateCache(cache_bytes)
+        self._prefiller = Prefiller(self.model, self._cache, model_id, prefill_chunk)
         self._cv = threading.Condition()
-        self._waiting: collections.deque[_Request] = collections.deque()
-        self._prefilling: list[_Prefill] = []
+        self._waiting: collections.deque[PendingRequest] = collections.deque()
+        self._prefilling: list[PrefillJob] = []
         self._rows: list[_Row] = []
         self._state: RWKVState | None = None  # the batch: row i of the state and logits is self._rows[i]
         self._logits: Tensor | None = None
@@ -356,21 +132,18 @@ class Engine:
         self._peak = 0
 
     # ---- public API (any thread) ----------------------------------------------------------
-    def build_prompt(self, question: str, image: ImageInput | None = None,
+    def build_prompt(self, question: str, image: ImageInput | Sequence[ImageInput] | None = None,
                      history: Sequence[tuple[str, str]] = ()) -> ChatPrompt:
+        """The prompt in the model's format; `image`: one ImageInput or several, in order (a ValueError
+        names the limit when the model takes fewer)."""
+        config = self.model.config
         return build_chat_prompt(question, history, image, tokenizer=self.tokenizer,
-                                 image_position=self.model.config.image_position)
+                                 image_position=config.image_position, prompt_format=config.prompt_format,
+                                 max_images=config.max_images)
 
     def count_prompt_tokens(self, prompt: ChatPrompt) -> int:
         """Positions the prompt occupies: text tokens plus the image vectors (or the text-only image slot)."""
-        return self._prompt_positions(prompt, len(prompt.ids))
-
-    def _prompt_positions(self, prompt: ChatPrompt, n_ids: int) -> int:
-        """Positions of the first n_ids ids; a text-only prompt begins with the model's text-only slot."""
-        if not n_ids:
-            return 0
-        slot = self.model.text_only_positions if prompt.image is None else 0
-        return slot + _positions(prompt.ids[:n_ids], self.model.vit.num_tokens)
+        return self._prefiller.count_prompt_tokens(prompt)
 
     def submit(self, prompt: ChatPrompt, params: SamplingParams | None = None) -> RequestHandle:
         params = SamplingParams() if params is None else params
@@ -390,14 +163,14 @@ class Engine:
                 raise EngineClosedError("the engine is shutting down and accepts no new requests")
             if len(self._waiting) >= self.max_waiting:
                 raise EngineBusyError(f"{len(self._waiting)} requests are already waiting; try again later")
-            self._waiting.append(_Request(prompt, params, handle))
+            self._waiting.append(PendingRequest(prompt, params, handle))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="visualrwkv-engine", daemon=True)
                 self._thread.start()
             self._cv.notify_all()
         return handle
 
-    def ask(self, question: str, image: ImageInput | None = None, history: Sequence[tuple[str, str]] = (),
+    def ask(self, question: str, image: ImageInput | Sequence[ImageInput] | None = None, history: Sequence[tuple[str, str]] = (),
             params: SamplingParams | None = None) -> RequestHandle:
         return self.submit(self.build_prompt(question, image, history), params)
 
@@ -458,25 +231,9 @@ class Engine:
                 self._closing = True  # a loop that ended (even by a bug) must not take new work
             self._fail_everything(EngineClosedError("the engine stopped before this request finished"))
 
-    def _admit(self, request: _Request) -> None:
-        """Resume the prompt from the longest cached checkpoint and plan the chunks of the rest."""
-        prompt = request.prompt
+    def _admit(self, request: PendingRequest) -> None:
         try:
-            digest = prompt.image.digest if prompt.image is not None else None
-            ids = prompt.ids
-            points = [c for c in prompt.checkpoints if 0 < c < len(ids)] + [len(ids)]
-            keys = dict(zip(points, make_prefix_keys(digest, ids, points, self.model_id)))
-            job = _Prefill(request, collections.deque(), keys, 0, 0)
-            for b in reversed(points):
-                entry = self._cache.get(keys[b])
-                if entry is not None:
-                    job.state, job.logits = entry.state, entry.logits
-                    job.cached = self._prompt_positions(prompt, b)
-                    job.chunks.extend(plan_chunks(ids, b, points, self.model.vit.num_tokens, self.prefill_chunk))
-                    break
-            else:
-                job.chunks.extend(plan_chunks(ids, 0, points, self.model.vit.num_tokens, self.prefill_chunk))
-            job.remaining = self.count_prompt_tokens(prompt) - job.cached
+            job = self._prefiller.plan(request)
         except Exception as e:  # noqa: BLE001 - one bad request must not stop the others
             request.handle._push(error=e)
             return
@@ -506,22 +263,10 @@ class Engine:
             with self._cv:
                 self._prefilling.remove(job)
 
-    def _run_chunk(self, job: _Prefill) -> int:
-        """Run the job's next chunk from its state; store the state where a checkpoint ends. Positions run."""
-        prompt = job.request.prompt
-        start, end = job.chunks.popleft()
-        segment = prompt.ids[start:end]
-        images = [prompt.image.image] if IMAGE_TOKEN_INDEX in segment else []
-        # only a text-only prompt's first chunk begins with the text-only slot (not the text before an image)
-        job.logits, job.state = self.model.prefill(segment, images, job.state,
-                                                   continuation=job.state is not None or prompt.image is not None)
-        if end in job.keys:
-            self._cache.put(job.keys[end], _PrefixEntry(job.state, job.logits))
-        n = self._prompt_positions(prompt, end) - self._prompt_positions(prompt, start)
-        job.remaining -= n
-        return n
+    def _run_chunk(self, job: PrefillJob) -> int:
+        return self._prefiller.run_chunk(job)
 
-    def _join(self, job: _Prefill) -> None:
+    def _join(self, job: PrefillJob) -> None:
         """The prompt is in: the request joins the decode batch."""
         request, params = job.request, job.request.params
         row = _Row(request, self._sampler.new_row(params), TextStream(self.tokenizer.token_bytes, params.stop),
@@ -659,10 +404,9 @@ class Engine:
         if self.tokenizer.encode(" " + normalize_value(text) + "\n\n") != row.generated + [STOP_TOKEN_INDEX]:
             return
         prompt = row.request.prompt
-        digest = prompt.image.digest if prompt.image is not None else None
-        key = make_key(digest, prompt.ids + row.generated, self.model_id)
+        key = make_key(prompt.digests, prompt.ids + row.generated, self.model_id)
         # the batch state of this row has consumed every generated token (the stop token is never fed)
-        self._cache.put(key, _PrefixEntry(self._state.select(index), self._logits[index]))
+        self._cache.put(key, PrefixEntry(self._state.select(index), self._logits[index]))
 
     def _fail_everything(self, error: BaseException) -> None:
         with self._cv:
@@ -676,33 +420,3 @@ class Engine:
             handle._push(error=error)
 
 
-def _positions(ids: Sequence[int], image_tokens: int) -> int:
-    n_images = sum(1 for t in ids if t == IMAGE_TOKEN_INDEX)
-    return len(ids) - n_images + n_images * image_tokens
-
-
-def plan_chunks(ids: Sequence[int], start: int, checkpoints: Sequence[int], image_tokens: int,
-                limit: int) -> list[tuple[int, int]]:
-    """[a, b) spans that cover ids[start:], each of at most `limit` positions (text tokens plus image
-    vectors), never cutting the image. A span ends right after the image (that state serves any
-    question about the image), else at the furthest checkpoint within reach, so that the state
-    there can be cached, else wherever the limit falls. (Ending at every checkpoint would cost a
-    model call per turn of a long conversation.) The spans depend only on the prompt and `start`,
-    so a request computes the same state whatever else the engine is doing."""
-    spans, a, n = [], start, len(ids)
-    stops = sorted(c for c in checkpoints if start < c <= n)
-    while a < n:
-        b, size = a, 0
-        while b < n:  # grow the span token by token while it fits
-            width = image_tokens if ids[b] == IMAGE_TOKEN_INDEX else 1
-            if size + width > limit and b > a:
-                break
-            b, size = b + 1, size + width
-            if ids[b - 1] == IMAGE_TOKEN_INDEX and b in stops:
-                break
-        reachable = [c for c in stops if a < c <= b]
-        if b < n and reachable:
-            b = reachable[-1]
-        spans.append((a, b))
-        a = b
-    return spans

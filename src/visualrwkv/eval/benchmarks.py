@@ -122,16 +122,26 @@ def score_predictions(
     return result
 
 
-def build_fixture(task: str, out_dir: str | Path, n: int = 4, seed: int = 0) -> Path:
+MULTI_IMAGE_FIXTURES = ("gqa",)  # tasks whose fixture can ask about several images per question
+
+
+def build_fixture(task: str, out_dir: str | Path, n: int = 4, seed: int = 0, images: int = 1) -> Path:
     """Write a tiny dataset in `task`'s layout (drawn shapes) plus the answers of a perfect model.
+    `images` > 1: that many images per question (`"image": [...]`; GQA only), for models that take several.
 
     Returns the path of those answers (`oracle_predictions.jsonl` in `out_dir`), for the default split.
     """
     if n < 1:
         raise ValueError(f"fixture size n must be >= 1, got {n}")
+    if images < 1 or (images > 1 and task not in MULTI_IMAGE_FIXTURES):
+        raise ValueError(f"images per question must be 1, or more for {', '.join(MULTI_IMAGE_FIXTURES)}; "
+                         f"got {images} for {task}")
     spec = get_task(task)
     out = Path(out_dir)
-    spec.write_fixture(out, n, random.Random(seed))
+    if images > 1:
+        spec.write_fixture(out, n, random.Random(seed), images=images)
+    else:
+        spec.write_fixture(out, n, random.Random(seed))
     items = read_items(task, out)
     path = out / ORACLE_PREDICTIONS
     write_predictions(path, [(item, spec.reference_answer(item, True)) for item in items])

@@ -47,6 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     fixture.add_argument("--out", required=True, help="folder to write (with --task all: one sub-folder per task)")
     fixture.add_argument("--n", type=int, default=4, help="questions/images per split or subtask (default 4)")
     fixture.add_argument("--seed", type=int, default=0)
+    fixture.add_argument("--images", type=int, default=1,
+                         help="images per question (default 1; more: gqa only, for models that take several)")
     fixture.set_defaults(func=run_fixture)
 
     submission = sub.add_parser("submission", help="write the VQAv2 test-dev result file for the EvalAI server")
@@ -150,7 +152,7 @@ def run_fixture(args) -> int:
     tasks = TASK_NAMES if args.task == "all" else (args.task,)
     for task in tasks:
         out = Path(args.out) / task if args.task == "all" else Path(args.out)
-        oracle = build_fixture(task, out, n=args.n, seed=args.seed)
+        oracle = build_fixture(task, out, n=args.n, seed=args.seed, images=args.images)
         print(f"{task}: wrote {out} (a perfect model's answers: {oracle})")
     return 0
 

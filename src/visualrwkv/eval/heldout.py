@@ -33,7 +33,6 @@ def normalise(answer: str) -> str:
 
 def evaluate_heldout(model, data: str | Path, image_root: str | Path | None = None, limit: int | None = None,
                      progress: bool = False) -> HeldoutResult:
-    from ..prompts import build_inference_prompt
 
     data = Path(data)
     try:
@@ -52,10 +51,13 @@ def evaluate_heldout(model, data: str | Path, image_root: str | Path | None = No
         turns = row.get("conversations") or []
         if len(turns) != 2 or turns[0].get("from") != "human" or turns[1].get("from") != "gpt":
             raise ValueError(f"{data}[{i}] (id {row.get('id')!r}): expected one human turn and one gpt turn")
-        image = image_root / row["image"] if row.get("image") else None
-        ids = build_inference_prompt(turns[0]["value"], model.config.image_position, has_image=image is not None,
-                                     tokenizer=model.tokenizer)
-        answer = model.tokenizer.decode(model.generate_greedy(ids, [image] if image else [], max_new_tokens=16))
+        names = row.get("image") or []
+        images = [image_root / name for name in ([names] if isinstance(names, str) else names)]
+        try:
+            ids = model.prompt_ids(turns[0]["value"], len(images))  # the model's format and image limit
+        except ValueError as e:
+            raise ValueError(f"{data}[{i}] (id {row.get('id')!r}): {e}") from None
+        answer = model.tokenizer.decode(model.generate_greedy(ids, images, max_new_tokens=16))
         answer = answer.split("\n\n")[0].strip()
         kind = row.get("question_type", "all")
         total[kind] += 1

@@ -34,14 +34,15 @@ class EvalItem:
 
     `text` is the value of the human turn *before* the image-position transform (SPEC §7.3): `"<image>\\n"` +
     the question with the task's prompt suffix when the item has an image, the question alone otherwise.
-    `image` is a file path, the encoded image bytes (MMBench's base64 column, decoded) or None.
+    `image` is a file path, the encoded image bytes (MMBench's base64 column, decoded), a tuple of file paths
+    (several images, in order; `text` then holds one tag line per image) or None.
     MMBench circular rotations are separate items that share `question_id` and differ in `round_id`.
     `meta` holds the ground truth and categories the scorer needs; generation code can ignore it.
     """
 
     question_id: str | int
     text: str
-    image: Path | bytes | None
+    image: Path | bytes | tuple[Path, ...] | None
     round_id: int = 0
     meta: dict = field(default_factory=dict)
 

@@ -92,7 +92,7 @@ BLANK_DIGEST = b"blank-pixels"  # names the stand-in image in the prefix cache
 
 
 def _prompt_inputs(item: EvalItem, model, imageless: str) -> tuple[str, object]:
-    """(human turn text, ImageInput or None) for one question."""
+    """(human turn text, ImageInput, a list of them, or None) for one question."""
     from ..engine.engine import ImageInput
     from .tasks.common import with_image
 
@@ -108,6 +108,8 @@ def _image_input(item: EvalItem):
 
     if isinstance(item.image, (bytes, bytearray)):
         return ImageInput.from_bytes(bytes(item.image))
+    if isinstance(item.image, tuple):  # several images, in order
+        return [ImageInput.from_path(path) for path in item.image]
     return ImageInput.from_path(item.image)
 
 

@@ -139,9 +139,10 @@ def create_app(engine: Engine, settings: ServerSettings, *, close_engine_on_shut
         start = time.perf_counter()
         authorize(request)
         body = await _read_json(request, settings.max_body_bytes)
-        chat = await run_in_threadpool(parse_chat_request, body, settings.model_name, settings.limits)
+        chat = await run_in_threadpool(parse_chat_request, body, settings.model_name, settings.limits,
+                                       engine.model.max_images)
         try:
-            prompt = await run_in_threadpool(engine.build_prompt, chat.question, chat.image, chat.history)
+            prompt = await run_in_threadpool(engine.build_prompt, chat.question, chat.images, chat.history)
         except ValueError as e:  # a bad conversation
             raise APIError(400, str(e), "messages") from None
         handle = submit(prompt, chat.params, "messages")

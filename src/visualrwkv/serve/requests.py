@@ -2,8 +2,10 @@
 
 Accepted: `messages` alternating user / assistant turns and ending with a user turn; user content is
 a string or a list of `{"type": "text"}` and `{"type": "image_url"}` parts, with images as base64
-`data:` URIs (the server never fetches URLs). One image per conversation, in the first user message
-(the model reads one image, placed in the first turn). System and developer messages with text are
+`data:` URIs (the server never fetches URLs). Images go in the first user message, in the order of
+their parts (the model places them in the first turn): as many as the model takes (one for a v6
+model, SPEC §5.4) and at most `Limits.max_images` per request (`serve --max-images`); more is a 400
+that names the limit, counted before any image is decoded. System and developer messages with text are
 refused (400), never silently dropped: VisualRWKV was trained without a system prompt (SPEC §7.1) and
 renders none, so an instruction there would not reach the model; put it in the user message. Fields
 the server cannot honour (response_format other than text, tool_choice, logit_bias, audio, ...)
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 from visualrwkv.engine.engine import ImageInput
 from visualrwkv.engine.sampling import SamplingParams
+from visualrwkv.prompts import check_image_count
 from visualrwkv.serve.errors import APIError
 
 MAX_STOP_STRINGS = 4  # the OpenAI limit
@@ -43,10 +46,14 @@ UNSUPPORTED_FIELDS = {
 _DATA_URI = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII)
 
 
+DEFAULT_MAX_IMAGES = 8
+
+
 @dataclass
 class Limits:
-    max_image_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 4096 * 4096
+    max_image_bytes: int = 10 * 1024 * 1024  # each image
+    max_image_pixels: int = 4096 * 4096  # each image
+    max_images: int = DEFAULT_MAX_IMAGES  # per request (the model may take fewer)
 
 
 @dataclass
@@ -54,18 +61,19 @@ class ChatRequest:
     model: str
     question: str
     history: list[tuple[str, str]]
-    image: ImageInput | None
+    images: list[ImageInput]  # in order
     params: SamplingParams
     stream: bool = False
     include_usage: bool = False
     ignored: list[str] = field(default_factory=list)
 
 
-def parse_chat_request(body, served_model: str, limits: Limits) -> ChatRequest:
-    """Raise APIError (4xx) naming the field and what is wrong; decode and check the image."""
+def parse_chat_request(body, served_model: str, limits: Limits, model_max_images: int | None = None) -> ChatRequest:
+    """Raise APIError (4xx) naming the field and what is wrong; decode and check the images.
+    `model_max_images`: the images per conversation the served model takes (None: any number)."""
     model, stream, include_usage = _parse_common(body, served_model)
-    question, history, image = _parse_messages(body.get("messages"), limits)
-    return ChatRequest(model, question, history, image, _sampling(body), stream, include_usage)
+    question, history, images = _parse_messages(body.get("messages"), limits, model_max_images)
+    return ChatRequest(model, question, history, images, _sampling(body), stream, include_usage)
 
 
 @dataclass
@@ -128,11 +136,12 @@ def _parse_common(body, served_model: str) -> tuple[str, bool, bool]:
     return model, stream, bool(options.get("include_usage", False))
 
 
-def _parse_messages(messages, limits: Limits):
+def _parse_messages(messages, limits: Limits, model_max_images: int | None = None):
     if not isinstance(messages, list) or not messages:
         raise APIError(400, "'messages' must be a non-empty list of messages", "messages")
     turns: list[tuple[str, str]] = []  # (role, text)
-    image: ImageInput | None = None
+    urls: list[tuple[str, str]] = []  # (where, data URI) of every image, in order
+    later: str | None = None  # the first message after the first one that holds an image
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -152,17 +161,29 @@ def _parse_messages(messages, limits: Limits):
             raise APIError(400, f"{where}: expected a {expected} message (user and assistant messages must "
                                 "alternate, starting with user)", "messages")
         text, images = _parse_content(message.get("content"), where, allow_images=role == "user")
-        if images:
-            if turns or len(images) > 1 or image is not None:
-                raise APIError(400, f"{where}: one image per conversation, in the first user message", "messages")
-            image = _decode_image(images[0], f"{where} image", limits)
+        if images and turns and later is None:
+            later = where
+        urls += [(f"{where} image {k + 1}" if len(images) > 1 else f"{where} image", url)
+                 for k, url in enumerate(images)]
         if not text.strip():
             raise APIError(400, f"{where}: the {role} message has no text", "messages")
         turns.append((role, text))
     if not turns or turns[-1][0] != "user":
         raise APIError(400, "the last message must be a user message (the question to answer)", "messages")
+    # counted before anything is decoded: the model's limit, then this server's
+    try:
+        check_image_count(len(urls), model_max_images)
+    except ValueError as e:
+        raise APIError(400, str(e), "messages", "too_many_images") from None
+    if len(urls) > limits.max_images:
+        raise APIError(400, f"{len(urls)} images in the request, above this server's limit of {limits.max_images} "
+                            "per request", "messages", "too_many_images")
+    if later is not None:
+        raise APIError(400, f"{later}: images go in the first user message (the images of a conversation "
+                            "belong to its first question)", "messages")
+    images = [_decode_image(url, where, limits) for where, url in urls]
     history = [(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
-    return turns[-1][1], history, image
+    return turns[-1][1], history, images
 
 
 def _parse_content(content, where: str, allow_images: bool) -> tuple[str, list[str]]:

@@ -1,19 +1,26 @@
 """The browser demo (Gradio): upload an image, chat about it with streaming answers, tune sampling.
 
 One process: the Gradio app calls the batching engine directly, so several browser sessions are
-decoded together. A question about another image than the conversation's starts a new conversation
-(the model reads one image, in the first turn); "Clear" forgets the conversation and keeps the image.
-Answers are shown verbatim (no Markdown rendering), exactly as the model wrote them.
+decoded together. A question about other images than the conversation's starts a new conversation
+(the model reads its images in the first turn); "Clear" forgets the conversation and keeps the images.
+A model that takes several images (v7 format) gets a "More images" box beside the first image: its
+files follow the first one, in order, up to the model's limit.
+Answers are shown verbatim (no Markdown rendering), exactly as the model wrote them; the images a
+conversation starts with are shown in its first question. The example images and questions that come
+with the package sit under the chat. `launch(share=..., api_key=...)`: a public gradio.live link, and a
+login page that asks for the key.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local demo phones nobody
 
 import gradio as gr  # noqa: E402
 
+from visualrwkv.demo import EXAMPLES_DIR, load_examples  # noqa: E402
 from visualrwkv.engine.engine import Engine, ImageInput  # noqa: E402
 from visualrwkv.engine.sampling import SamplingParams  # noqa: E402
 from visualrwkv.vision.image import ImageError, load_image  # noqa: E402
@@ -21,15 +28,17 @@ from visualrwkv.vision.image import ImageError, load_image  # noqa: E402
 # system fonts only: the default theme would fetch web fonts, which offline machines cannot
 THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 EMPTY_ANSWER = "(empty answer)"
-NEW_CONVERSATION = {"image": None, "pairs": []}
+NEW_CONVERSATION = {"image": (), "pairs": []}  # "image": the paths of the conversation's images, in order
 
 
-def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blocks:
+def build_demo(engine: Engine, defaults: SamplingParams | None = None, note: str | None = None) -> gr.Blocks:
+    """`note`: a line shown under the title (e.g. why decoding is greedy by default)."""
     d = defaults or SamplingParams()
     max_tokens_limit = engine.max_new_tokens or 1024
     with gr.Blocks(title="VisualRWKV") as demo:
         gr.Markdown(f"## VisualRWKV · `{engine.model_id}`\nUpload an image, then ask about it. "
-                    "Asking about a new image starts a new conversation.")
+                    "Asking about a new image starts a new conversation." + (f"\n\n{note}" if note else ""),
+                    elem_id="intro")
         # what the engine sees: the conversation's image and its (question, answer) pairs. The reset
         # for a new image happens when the question is asked, not on the upload event, so a late
         # upload event can never wipe a conversation that has already started.
@@ -37,6 +46,11 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], elem_id="image")
+                takes = engine.model.max_images
+                more = gr.File(file_count="multiple", file_types=["image"], type="filepath", elem_id="more_images",
+                               label="More images, after the first, in order"
+                                     + (f" (at most {takes - 1})" if takes else ""),
+                               visible=takes is None or takes > 1)
                 with gr.Accordion("Sampling", open=False):
                     temperature = gr.Slider(0, 2, value=d.temperature, step=0.05, label="Temperature (0 = greedy)",
                                             elem_id="temperature")
@@ -54,27 +68,34 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
                     clear = gr.Button("Clear", elem_id="clear")
+                # clicking one fills the image and the question; asking stays the user's move
+                gr.Examples([[str(EXAMPLES_DIR / ex["image"]), ex["question"]] for ex in load_examples()],
+                            [image, question], label="Examples (the shipped model's shapes)", elem_id="examples",
+                            cache_examples=False)
 
-        def respond(text, image_path, state, messages, temperature, top_p, top_k, presence, frequency,
+        def respond(text, image_path, more_paths, state, messages, temperature, top_p, top_k, presence, frequency,
                     max_tokens, seed):
             text = (text or "").strip()
             if not text:
                 raise gr.Error("Type a question first.")
+            paths = tuple(p for p in [image_path, *(more_paths or [])] if p)
             history = state["pairs"]
-            if image_path != state["image"]:
+            if paths != state["image"]:
                 history, messages = [], []
             try:
                 params = SamplingParams(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
                                         presence_penalty=float(presence), frequency_penalty=float(frequency),
                                         max_tokens=int(max_tokens),
                                         seed=None if seed is None or int(seed) < 0 else int(seed))
-                picture = ImageInput.from_path(image_path) if image_path else None
-                handle = engine.ask(text, picture, history, params)
+                pictures = [ImageInput.from_path(path) for path in paths]
+                handle = engine.ask(text, pictures, history, params)
             except ValueError as e:
                 raise gr.Error(str(e)) from None
-            messages = list(messages or []) + [{"role": "user", "content": text},
+            # the first question of a conversation shows its images (in the same bubble, before the text)
+            asked = text if history else [*({"path": path} for path in paths), text]
+            messages = list(messages or []) + [{"role": "user", "content": asked},
                                                {"role": "assistant", "content": ""}]
-            state = {"image": image_path, "pairs": history}
+            state = {"image": paths, "pairs": history}
             yield messages, state, ""
             try:
                 for delta in handle:
@@ -84,7 +105,7 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
             finally:
                 handle.cancel()  # the browser went away mid-answer: free the batch row
             if answer:
-                state = {"image": image_path, "pairs": history + [(text, answer)]}
+                state = {"image": paths, "pairs": history + [(text, answer)]}
             else:
                 messages[-1] = {"role": "assistant", "content": EMPTY_ANSWER}
             yield messages, state, ""
@@ -104,7 +125,7 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
             return gr.skip()
 
         image.upload(check_upload, image, image, preprocess=False)
-        inputs = [question, image, conversation, chatbot, temperature, top_p, top_k, presence, frequency,
+        inputs = [question, image, more, conversation, chatbot, temperature, top_p, top_k, presence, frequency,
                   max_tokens, seed]
         outputs = [chatbot, conversation, question]
         send.click(respond, inputs, outputs, concurrency_limit=engine.max_batch_size)
@@ -115,10 +136,18 @@ def build_demo(engine: Engine, defaults: SamplingParams | None = None) -> gr.Blo
 
 
 def launch(engine: Engine, host: str = "127.0.0.1", port: int = 7860, block: bool = True,
-           defaults: SamplingParams | None = None) -> gr.Blocks:
-    """Serve the demo; with `block=False` return at once (call `demo.close()` to stop)."""
-    demo = build_demo(engine, defaults)
+           defaults: SamplingParams | None = None, note: str | None = None, share: bool = False,
+           api_key: str | None = None) -> gr.Blocks:
+    """Serve the demo; with `block=False` return at once (call `demo.close()` to stop). `share`: also a
+    public gradio.live link (needs the internet); `api_key`: a login page that takes any user name and
+    this key as the password."""
+    demo = build_demo(engine, defaults, note)
     demo.queue(default_concurrency_limit=engine.max_batch_size)
+    auth = None
+    if api_key:
+        def auth(user: str, password: str) -> bool:
+            return secrets.compare_digest(password.encode(), api_key.encode())
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, theme=THEME, quiet=not block,
-                footer_links=[])
+                footer_links=[], share=share, auth=auth,
+                auth_message="Enter any user name and the server's API key as the password." if auth else None)
     return demo

@@ -81,7 +81,7 @@ def run(args) -> int:
     from .vision_pretrain import pretrain_tiny_vision
 
     if not args.config:
-        raise ValueError("--config is required: a preset (finetune, stage1, stage2, tiny) or a JSON config file; "
+        raise ValueError("--config is required: a preset (finetune, stage1, stage2, v7_stage1, v7_stage2, tiny) or a JSON config file; "
                          "`visualrwkv train --help` lists the options")
     stages = resolve(args.config, parse_overrides(args.overrides), runs_dir=args.runs_dir)
     for cfg in stages:  # every stage's data checked before the first one spends an hour
@@ -119,7 +119,7 @@ def add_parser(subparsers) -> None:
                               add_help=False)
     p.add_argument("-h", "--help", action=_HelpAction, help="show this help, every option and its default "
                    "(after --config: that preset's values), and exit")
-    p.add_argument("--config", help="a preset (finetune, stage1, stage2, tiny) or a JSON config file")
+    p.add_argument("--config", help="a preset (finetune, stage1, stage2, v7_stage1, v7_stage2, tiny) or a JSON config file")
     p.add_argument("--runs-dir", default=os.environ.get("VISUALRWKV_RUNS", "runs"),
                    help="where presets put their data and outputs (default: runs)")
     p.set_defaults(func=run, overrides=[])  # any other --option value overrides a training option

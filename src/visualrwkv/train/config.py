@@ -35,7 +35,8 @@ class TrainConfig:
     image_root: str = opt("", "image paths in the data are relative to this folder (empty: the data file's folder)",
                           group="data")
     image_position: str = opt("middle", "where the image goes in the prompt: first, last or middle (the "
-                              "sandwich: before and after the question)", group="data")
+                              "sandwich: before and after the question); v6 prompt format only (v7: images first)",
+                              group="data")
     ctx_len: int = opt(2048, "longest training sequence in tokens, an image counting its tokens; longer rows "
                        "are cut", group="data")
     max_rounds: int = opt(0, "> 0: split long conversations into chunks of this many rounds", group="data")
@@ -52,6 +53,11 @@ class TrainConfig:
     init_lm: str = opt("", "or build a new model from `model` and load this base RWKV-6 .pth into its LM",
                        group="model")
     model: dict = opt(help="VisualRWKVConfig fields (JSON), for a new model", group="model", factory=dict)
+    prompt_format: str = opt("", "the prompt format the model is trained (and saved) with: v6 (image_position, one "
+                             "image per sample) or v7 (images first, one <image> line each, several per sample); "
+                             "empty: the model's own", group="model")
+    projector: str = opt("", "a new model's projector: linear, mlp (v7.00's context gating) or hd; empty: the one "
+                         "in `model`", group="model")
     trainable: list = opt(help="parameters to train: fnmatch patterns over names, comma-separated or JSON",
                           group="model", factory=lambda: ["*"])
     grad_checkpointing: bool = opt(False, "recompute activations in backward (less memory, ~30% slower)",
@@ -98,6 +104,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.image_position not in ("first", "last", "middle"):
             raise ValueError(f"image_position must be first, last or middle, got {self.image_position!r}")
+        if self.prompt_format not in ("", "v6", "v7"):
+            raise ValueError(f"prompt_format must be v6, v7 or empty (the model's own), got {self.prompt_format!r}")
+        if self.projector not in ("", "linear", "mlp", "hd"):
+            raise ValueError(f"projector must be linear, mlp, hd or empty (the model's own), got {self.projector!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.distributed not in DISTRIBUTED:
@@ -189,6 +199,10 @@ PRESET_SUMMARIES = {
     "stage2": "the paper's v6.0 stage 2: LM blocks, head and projector, sandwich prompt (set --data, --image_root, "
               "--init)",
     "tiny": "the shipped tiny model, from scratch on generated shapes: 3 stages, about 15 minutes on 2 CPU cores",
+    "v7_stage1": "v7.00's stage 1: a new mlp projector only (the LM frozen), v7 prompt format (images first, "
+                 "several per sample), ctx 2048 (set --data, --image_root, --init_lm and --model)",
+    "v7_stage2": "v7.00's stage 2: LM blocks, head and projector, v7 prompt format, conversations cut into 5-round "
+                 "samples (set --data, --image_root, --init)",
 }
 
 
@@ -206,6 +220,16 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
         "stage2": [dict(image_position="middle", ctx_len=2048, trainable=LM_STAGE2, lr=6e-5, lr_final=1e-5,
                         micro_batch_size=8, grad_accum=16, epochs=2, grad_checkpointing=True,
                         out_dir=os.path.join(out_dir, "stage2"))],
+        # v7.00's recipe (SPEC §8.1/8.2, the 0.1B scripts): stage 1 trains a new mlp projector with the
+        # LM frozen (global batch 256, 1e-3 → 5e-5, the 512K samples of 558K: one pass); stage 2 the
+        # LM and projector on the 5-round split of the 665K mix (batch 128, 6e-5 → 1.5e-5; the
+        # official 1.92M samples are about two passes). Both in the v7 prompt format, ctx 2048.
+        "v7_stage1": [dict(prompt_format="v7", projector="mlp", ctx_len=2048, trainable=["proj.*"], lr=1e-3,
+                           lr_final=5e-5, micro_batch_size=32, grad_accum=8, epochs=1,
+                           out_dir=os.path.join(out_dir, "v7_stage1"))],
+        "v7_stage2": [dict(prompt_format="v7", ctx_len=2048, trainable=LM_STAGE2, lr=6e-5, lr_final=1.5e-5,
+                           micro_batch_size=16, grad_accum=8, epochs=2, max_rounds=5, grad_checkpointing=True,
+                           out_dir=os.path.join(out_dir, "v7_stage2"))],
         # the embedded default, from scratch on generated shapes in about 15 minutes on 2 CPU cores:
         # stage 0 pretrains the tiny vision encoder on the generator's labels (the role CLIP's own
         # pretraining plays for the real model), stage 1 aligns on captions (image first), stage 2

@@ -8,6 +8,7 @@ gradient is the same whatever the world size or the accumulation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import json
 import math
@@ -116,15 +117,24 @@ def build_model(cfg: TrainConfig, device) -> VisualRWKV:
     if cfg.init:
         with announce_if_slow(f"loading {cfg.init}"):
             model = VisualRWKV.from_pretrained(cfg.init)
+        if cfg.projector and cfg.projector != model.config.projector:
+            raise ValueError(f"projector {cfg.projector!r} applies to a new model (--model); the model from "
+                             f"{cfg.init} has a {model.config.projector!r} projector")
     else:
         if not cfg.model:
             raise ValueError("set `init` (a model to start from) or `model` (the config of a new one)")
-        model = VisualRWKV(VisualRWKVConfig.from_dict(dict(cfg.model)))
+        # the options given for the new model go into its config, so that the defaults follow them
+        chosen = {"projector": cfg.projector, "prompt_format": cfg.prompt_format}
+        model = VisualRWKV(VisualRWKVConfig.from_dict(dict(cfg.model) | {k: v for k, v in chosen.items() if v}))
         if cfg.init_lm:
             lm = load_rwkv(cfg.init_lm)
             if lm.config != model.config.rwkv:
                 raise ValueError(f"init_lm {cfg.init_lm} is {lm.config}, the model config says {model.config.rwkv}")
             model.rwkv.load_state_dict(lm.state_dict(), strict=True)
+    if cfg.prompt_format and cfg.prompt_format != model.config.prompt_format:
+        # a model from `init` is saved with the format it is trained in; the image limit is the new
+        # format's (its text-only layout stays the one it was trained with)
+        model.config = dataclasses.replace(model.config, prompt_format=cfg.prompt_format, max_images=None)
     return model.to(device)
 
 
@@ -164,6 +174,8 @@ class Trainer:
                                         tokens_per_image=self.model.vit.num_tokens,
                                         text_only_positions=self.model.text_only_positions,
                                         max_rounds=cfg.max_rounds or None,
+                                        prompt_format=self.model.config.prompt_format,
+                                        max_images=self.model.config.max_images,
                                         skip_bad_rows=cfg.skip_bad_rows, preprocess=self.model.vit.preprocess)
         if cfg.fit_to_data:
             fitted = fit(cfg, self.model.config, len(self.dataset), self.dist.world_size)

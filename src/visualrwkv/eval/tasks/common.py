@@ -17,13 +17,15 @@ class QuestionLine:
 
     line: int
     question_id: str | int
-    image: Path
+    image: Path | tuple[Path, ...]  # a tuple where the line lists several images (`"image": [a, b]`)
     text: str
     raw: dict
 
 
-def read_question_jsonl(path: Path, image_root: Path, what: str, unique_ids: bool = True) -> list[QuestionLine]:
-    """Every line, validated: the fields present, the id unique (unless told otherwise), the image on disk."""
+def read_question_jsonl(path: Path, image_root: Path, what: str, unique_ids: bool = True,
+                        image_lists: bool = False) -> list[QuestionLine]:
+    """Every line, validated: the fields present, the id unique (unless told otherwise), the image on disk.
+    `image_lists`: an `image` may also be a list of paths (several images per question, in order)."""
     out: list[QuestionLine] = []
     seen: dict[str, int] = {}
     for line_no, obj in iter_jsonl(path, what):
@@ -31,7 +33,13 @@ def read_question_jsonl(path: Path, image_root: Path, what: str, unique_ids: boo
         if unique_ids and str(qid) in seen:
             raise data_error(path, line_no, f"question_id {qid!r} repeats line {seen[str(qid)]}")
         seen[str(qid)] = line_no
-        image = image_file(image_root, field_of(obj, "image", str, path, line_no), path, line_no)
+        names = obj.get("image")
+        if image_lists and isinstance(names, list) and names:
+            if not all(isinstance(name, str) for name in names):
+                raise data_error(path, line_no, f"'image' must be a path or a list of paths, got {names!r}")
+            image = tuple(image_file(image_root, name, path, line_no) for name in names)
+        else:
+            image = image_file(image_root, field_of(obj, "image", str, path, line_no), path, line_no)
         text = field_of(obj, "text", str, path, line_no)
         if not text.strip():
             raise data_error(path, line_no, "empty question text")
@@ -41,9 +49,10 @@ def read_question_jsonl(path: Path, image_root: Path, what: str, unique_ids: boo
     return out
 
 
-def with_image(text: str) -> str:
-    """The human turn of an image question before the image-position transform (SPEC §7.3)."""
-    return f"{IMAGE_TOKEN}\n{text}"
+def with_image(text: str, image=None) -> str:
+    """The human turn of an image question before the image-position transform (SPEC §7.3): one tag
+    line per image (`image` a tuple of several; else one)."""
+    return f"{IMAGE_TOKEN}\n" * (len(image) if isinstance(image, tuple) else 1) + text
 
 
 def short_answer(question: str) -> str:

@@ -24,7 +24,7 @@ def normalize(text: str) -> str:
 
 
 def read(data_dir: Path, split: str, prompt: str) -> list[EvalItem]:
-    lines = read_question_jsonl(data_dir / QUESTIONS, data_dir / IMAGES, "GQA questions")
+    lines = read_question_jsonl(data_dir / QUESTIONS, data_dir / IMAGES, "GQA questions", image_lists=True)
     gt_path = data_dir / ANSWERS
     gt = read_json(gt_path, "GQA test-dev balanced questions")
     if not isinstance(gt, dict):
@@ -40,7 +40,7 @@ def read(data_dir: Path, split: str, prompt: str) -> list[EvalItem]:
             "structural": str(types.get("structural", "unknown")),
             "semantic": str(types.get("semantic", "unknown")),
         }
-        items.append(EvalItem(q.question_id, with_image(q.text), q.image, meta=meta))
+        items.append(EvalItem(q.question_id, with_image(q.text, q.image), q.image, meta=meta))
     return items
 
 
@@ -64,7 +64,9 @@ def reference_answer(item: EvalItem, correct: bool) -> str:
     return {"yes": "no", "no": "yes"}.get(answer, "wrong")
 
 
-def write_fixture(out: Path, n: int, rng: random.Random) -> None:
+def write_fixture(out: Path, n: int, rng: random.Random, images: int = 1) -> None:
+    if images > 1:
+        return _write_multi_image_fixture(out, n, rng, images)
     rows, gt = [], {}
     for k in range(n):
         scene = shapes.random_scene(rng)
@@ -83,6 +85,26 @@ def write_fixture(out: Path, n: int, rng: random.Random) -> None:
         qid = f"{20000000 + k}"
         rows.append({"question_id": qid, "image": name, "text": short_answer(question), "category": "default"})
         gt[qid] = {"imageId": name[:-4], "question": question, "answer": answer, "types": types, "isBalanced": True}
+    write_jsonl(out / QUESTIONS, rows)
+    write_json(out / ANSWERS, gt)
+
+
+def _write_multi_image_fixture(out: Path, n: int, rng: random.Random, images: int) -> None:
+    """`images` scenes per question (`"image": [a, b, ...]`), asked whether a shape is in any of them."""
+    rows, gt = [], {}
+    for k in range(n):
+        scenes = [shapes.random_scene(rng) for _ in range(images)]
+        names = [f"n{k:06d}_{j}.jpg" for j in range(images)]
+        for scene, name in zip(scenes, names):
+            shapes.save(scene, out / IMAGES / name)
+        color, kind = (scenes[k % images].shapes[0].color, scenes[k % images].shapes[0].kind) if k % 2 == 0 else \
+            shapes.absent_object(shapes.Scene(tuple(s for scene in scenes for s in scene.shapes)), rng)
+        question = f"Is there a {color} {kind} in these images?"
+        answer = "yes" if any(scene.has(color, kind) for scene in scenes) else "no"
+        qid = f"{20000000 + k}"
+        rows.append({"question_id": qid, "image": names, "text": short_answer(question), "category": "default"})
+        gt[qid] = {"imageId": names[0][:-4], "question": question, "answer": answer, "isBalanced": True,
+                   "types": {"structural": "verify", "semantic": "obj", "detailed": "existC"}}
     write_jsonl(out / QUESTIONS, rows)
     write_json(out / ANSWERS, gt)
 
