@@ -40,7 +40,7 @@ def dataset(tmp_path_factory):
     result = generate_shapes_dataset(out, num_train_images=240, num_test_images=120, seed=5)
     load = lambda name: json.loads(Path(result[name]).read_text())  # noqa: E731
     return {"result": result, "out": out, "stage1": load("stage1"), "stage2": load("stage2"),
-            "test": load("test"), "scenes": {k: Scene.from_dict(v) for k, v in load("scenes")["scenes"].items()}}
+            "test": load("test"), "test_multiturn": load("test_multiturn"), "scenes": {k: Scene.from_dict(v) for k, v in load("scenes")["scenes"].items()}}
 
 
 # ---------------------------------------------------------------- the oracle
@@ -196,6 +196,25 @@ def test_counts_and_paths_reported(dataset):
     assert (r["num_stage1"], r["num_stage2"], r["num_test"]) == (240, 720, 360)
     assert len(dataset["stage1"]) == 240 and len(dataset["test"]) == 360
     assert len(dataset["scenes"]) == 360 and Path(r["image_folder"]) == dataset["out"]
+
+
+def test_multiturn_split_asks_each_images_questions_as_one_conversation(dataset):
+    """test_multiturn.json: test.json's rows again, grouped by image in the same order; the image tag
+    only in the first question, each later question a plain follow-up; one question type per question."""
+    rows = dataset["test_multiturn"]
+    assert dataset["result"]["num_test_conversations"] == len(rows) == 120
+    flat = []
+    for row in rows:
+        turns = row["conversations"]
+        assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2) and len(turns) == 6
+        assert turns[0]["value"].startswith("<image>\n")
+        assert not any("<image>" in t["value"] for t in turns[1:])
+        assert len(row["question_type"]) == 3
+        for k, kind in enumerate(row["question_type"]):
+            flat.append((row["image"], kind, turns[2 * k]["value"].removeprefix("<image>\n"), turns[2 * k + 1]["value"]))
+    single = [(r["image"], r["question_type"], r["conversations"][0]["value"].removeprefix("<image>\n"),
+               r["conversations"][1]["value"]) for r in dataset["test"]]
+    assert flat == single
 
 
 def test_splits_are_disjoint(dataset):

@@ -46,8 +46,8 @@ def run_shapes(args) -> int:
     print(
         f"wrote {result['num_train_images']} train + {result['num_test_images']} test images to "
         f"{result['image_folder']}: stage1 {result['num_stage1']} rows, stage2 {result['num_stage2']} rows, "
-        f"test {result['num_test']} rows"
+        f"test {result['num_test']} rows (test_multiturn: {result['num_test_conversations']} conversations)"
     )
-    for name in ("stage1", "stage2", "test", "scenes"):
+    for name in ("stage1", "stage2", "test", "test_multiturn", "scenes"):
         print(f"  {name}: {result[name]}")
     return 0

@@ -57,8 +57,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     submission.add_argument("--out", required=True, help="result JSON to write")
     submission.set_defaults(func=run_submission)
 
-    heldout = sub.add_parser("heldout", help="exact-match accuracy per question_type on a LLaVA-format QA file")
-    heldout.add_argument("--data", required=True, help="LLaVA JSON with one human and one gpt turn per row")
+    heldout = sub.add_parser("heldout", help="exact-match accuracy per question_type (and per turn) on a LLaVA-format QA file")
+    heldout.add_argument("--data", required=True, help="LLaVA JSON: a question per row (one human and one gpt turn), or a "
+                         "conversation of several, each asked as a follow-up after the earlier ones")
     heldout.add_argument("--image-root", help="image paths are relative to this (default: the file's folder)")
     add_model_arguments(heldout, "model directory or checkpoint")
     heldout.add_argument("--limit", type=int, help="only the first N rows")

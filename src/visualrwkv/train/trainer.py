@@ -398,6 +398,7 @@ class Trainer:
         self.log(f"held-out accuracy ({self.cfg.eval_heldout}):\n{result.markdown()}")
         with atomic_write(final / "heldout.json", "w") as f:
             json.dump({"accuracy": result.accuracy, "total": result.total, "per_type": result.per_type,
+                       **({"per_turn": result.per_turn} if len(result.per_turn) > 1 else {}),
                        "wrong_examples": result.examples}, f, indent=2)
 
     def _inputs(self, batch):
