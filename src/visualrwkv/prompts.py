@@ -31,6 +31,12 @@ from visualrwkv.rwkv.tokenizer import Tokenizer
 ImagePosition = Literal["first", "last", "middle"]
 IMAGE_POSITIONS: tuple[str, ...] = ("first", "last", "middle")
 PROMPT_FORMATS: tuple[str, ...] = ("v6", "v7")
+# How the sandwich's ALL_HUMAN (SPEC §7.3) treats a conversation of several questions: "official"
+# lists every question in the image turn (the official training code); "chat" lists only the image
+# turn's own, which is how a live chat renders each turn (engine/inputs.py: the first turn is fixed
+# before the next question exists), so training in "chat" sees every answer in the context the
+# engine gives it. One question: the two are the same.
+MULTI_TURN_RENDERINGS: tuple[str, ...] = ("official", "chat")
 ROLE_NAMES = {"human": "User", "gpt": "Assistant"}
 # Removed from the image turn's copy inside ALL_HUMAN only (SPEC §7.3); the later copy keeps it.
 SHORT_ANSWER_PHRASE = "Answer the question using a single word or phrase."
@@ -141,13 +147,19 @@ def _place_images(value: str, image_position: str, all_human: str) -> str:
 
 
 def render_conversation(conversations: Sequence[Mapping], image_position: str = "middle",
-                        prompt_format: str = "v6") -> list[TurnText]:
-    """Rendered turns, in order; concatenating their `text` gives the whole prompt."""
+                        prompt_format: str = "v6", multi_turn: str = "official") -> list[TurnText]:
+    """Rendered turns, in order; concatenating their `text` gives the whole prompt. `multi_turn`: one
+    of MULTI_TURN_RENDERINGS (what the sandwich lists in the image turn)."""
     image_position = layout_position(prompt_format, image_position)
     if image_position not in IMAGE_POSITIONS:
         raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {image_position!r}")
+    if multi_turn not in MULTI_TURN_RENDERINGS:
+        raise ValueError(f"multi_turn must be one of {MULTI_TURN_RENDERINGS}, got {multi_turn!r}")
     validate_conversations(conversations)
-    all_human = _all_human(conversations) if image_position == "middle" else ""
+    all_human = ""
+    if image_position == "middle":
+        image_turns = [t for t in conversations if t["from"] == "human" and DEFAULT_IMAGE_TOKEN in t["value"]]
+        all_human = _all_human(conversations if multi_turn == "official" else image_turns)
     turns = []
     for turn in conversations:
         value = turn["value"]
@@ -207,6 +219,7 @@ def tokenize_conversation(
     image_position: str = "middle",
     num_images: int | None = None,
     prompt_format: str = "v6",
+    multi_turn: str = "official",
 ) -> TokenizedSample:
     """Render and tokenize a training conversation. `num_images`, when given, must equal the number of
     `<image>` tags (each tag becomes one sentinel; the v7 format always checks it, counting no `image` as
@@ -218,7 +231,7 @@ def tokenize_conversation(
         tags = count_image_tags(conversations)
         if tags != num_images:
             raise ConversationError(f"{tags} {DEFAULT_IMAGE_TOKEN} tag(s) but {num_images} image(s)")
-    turns = render_conversation(conversations, image_position, prompt_format)
+    turns = render_conversation(conversations, image_position, prompt_format, multi_turn)
     return tokenize_turns(turns, tokenizer or default_tokenizer())
 
 

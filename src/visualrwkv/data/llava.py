@@ -31,6 +31,7 @@ from PIL import Image
 from visualrwkv.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from visualrwkv.prompts import (
     IMAGE_POSITIONS,
+    MULTI_TURN_RENDERINGS,
     check_prompt_format,
     ROLE_NAMES,
     SHORT_ANSWER_PHRASE,
@@ -252,6 +253,7 @@ class LlavaDataset(torch.utils.data.Dataset):
     `text_only_positions`: what the model puts before the text of a sample without an image
     (`VisualRWKV.text_only_positions`: the image slot under the v6.0 layout, else 0).
     `prompt_format` ("v6" or "v7") and `max_images` (None: no limit): the model's (VisualRWKVConfig).
+    `multi_turn`: how a conversation of several questions is rendered (prompts.MULTI_TURN_RENDERINGS).
     `load_image(path) -> PIL.Image` and `preprocess(PIL) -> Tensor` are the vision layer's hooks; they
     must be picklable (module-level functions) for DataLoader workers.
     """
@@ -271,6 +273,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         verify_images: bool = False,
         prompt_format: str = "v6",
         max_images: int | None = None,
+        multi_turn: str = "official",
         load_image: Callable[[str], Image.Image] = default_load_image,
         preprocess: Callable[[Image.Image], Any] | None = None,
     ):
@@ -287,6 +290,9 @@ class LlavaDataset(torch.utils.data.Dataset):
         self._tokenizer = tokenizer
         self.image_position = image_position
         self.prompt_format, self.max_images = check_prompt_format(prompt_format), max_images
+        if multi_turn not in MULTI_TURN_RENDERINGS:
+            raise ValueError(f"multi_turn must be one of {MULTI_TURN_RENDERINGS}, got {multi_turn!r}")
+        self.multi_turn = multi_turn
         if text_only_positions < 0:
             raise ValueError(f"text_only_positions must be >= 0, got {text_only_positions}")
         self.ctx_len, self.tokens_per_image, self.max_rounds = ctx_len, tokens_per_image, max_rounds
@@ -410,7 +416,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         try:
             sample = tokenize_conversation(
                 record.conversations, self.tokenizer, self.image_position, num_images=len(record.image_paths),
-                prompt_format=self.prompt_format,
+                prompt_format=self.prompt_format, multi_turn=self.multi_turn,
             )
         except ConversationError as e:
             raise DataError("malformed", str(e), record.location, record.sample_id) from None

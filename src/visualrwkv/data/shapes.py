@@ -4,9 +4,9 @@ It trains the tiny model that ships with the repo, so every answer must be recov
 pixels alone: each (color, shape) pair occurs at most once per scene, so "the red circle" always
 names one object; shapes never overlap; a question about a relation is only asked when the two
 bounding boxes are clearly apart on the axis asked. Output is LLaVA conversation JSON (SPEC §8.4):
-stage1.json (captions), stage2.json (one question per row), test.json (held-out images) and
-test_multiturn.json (the same held-out questions, each image's as one conversation: every question
-after the first is a follow-up).
+stage1.json (captions), stage2.json (one question per row), test.json (held-out images), and
+stage2_multiturn.json / test_multiturn.json: the same questions, each image's as one conversation
+(every question after the first is a follow-up).
 """
 
 from __future__ import annotations
@@ -348,8 +348,9 @@ def generate_shapes_dataset(
     Train images feed stage1.json (one caption each) and stage2.json (`questions_per_image` rows
     each, distinct question types). test.json asks the same kinds of questions about other images,
     drawn from an independent random stream and checked to differ from every training scene.
-    test_multiturn.json holds test.json's questions again, one conversation per image (in the same
-    order, so each question after the first is asked as a follow-up), with a `question_type` list.
+    stage2_multiturn.json and test_multiturn.json hold stage2.json's and test.json's questions again,
+    one conversation per image (in the same order, so each question after the first is a follow-up),
+    with a `question_type` list.
     scenes.json keeps the scene of every image, for checking answers.
     """
     integer_args = (("num_train_images", num_train_images, 1), ("num_test_images", num_test_images, 0), ("seed", seed, 0))
@@ -366,7 +367,8 @@ def generate_shapes_dataset(
 
     out = Path(out_dir)
     scenes: dict[str, dict] = {}
-    stage1, stage2, test, test_multiturn = [], [], [], []
+    stage1, stage2, test = [], [], []
+    conversations = {"train": [], "test": []}
     train_signatures: set[tuple] = set()
 
     for split, count in (("train", num_train_images), ("test", num_test_images)):
@@ -394,20 +396,20 @@ def generate_shapes_dataset(
                 turns = _conversation(qa.question + ANSWER_SUFFIX, qa.answer)
                 rows.append({"id": f"{base_id}_q{q}", "image": image, "question_type": qa.question_type,
                              "conversations": turns})
-            if split == "test":
-                turns = [turn for q, qa in enumerate(questions)
-                         for turn in _conversation(qa.question + ANSWER_SUFFIX, qa.answer)]
-                for turn in turns[2::2]:  # the image belongs to the first question only
-                    turn["value"] = turn["value"].removeprefix("<image>\n")
-                test_multiturn.append({"id": base_id, "image": image,
-                                       "question_type": [qa.question_type for qa in questions],
-                                       "conversations": turns})
+            turns = [turn for qa in questions for turn in _conversation(qa.question + ANSWER_SUFFIX, qa.answer)]
+            for turn in turns[2::2]:  # the image belongs to the first question only
+                turn["value"] = turn["value"].removeprefix("<image>\n")
+            conversations[split].append({"id": base_id, "image": image,
+                                         "question_type": [qa.question_type for qa in questions],
+                                         "conversations": turns})
 
-    paths = {name: out / f"{name}.json" for name in ("stage1", "stage2", "test", "test_multiturn", "scenes")}
+    names = ("stage1", "stage2", "stage2_multiturn", "test", "test_multiturn", "scenes")
+    paths = {name: out / f"{name}.json" for name in names}
     _write_json(paths["stage1"], stage1)
     _write_json(paths["stage2"], stage2)
     _write_json(paths["test"], test)
-    _write_json(paths["test_multiturn"], test_multiturn)
+    _write_json(paths["stage2_multiturn"], conversations["train"])
+    _write_json(paths["test_multiturn"], conversations["test"])
     _write_json(paths["scenes"], {"seed": seed, "image_size": image_size, "scenes": scenes})
     return {
         **{name: str(p) for name, p in paths.items()},
@@ -417,5 +419,5 @@ def generate_shapes_dataset(
         "num_stage1": len(stage1),
         "num_stage2": len(stage2),
         "num_test": len(test),
-        "num_test_conversations": len(test_multiturn),
+        "num_test_conversations": len(conversations["test"]),
     }

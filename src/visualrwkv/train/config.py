@@ -40,6 +40,9 @@ class TrainConfig:
     ctx_len: int = opt(2048, "longest training sequence in tokens, an image counting its tokens; longer rows "
                        "are cut", group="data")
     max_rounds: int = opt(0, "> 0: split long conversations into chunks of this many rounds", group="data")
+    multi_turn: str = opt("official", "a conversation of several questions with the sandwich: official (the image "
+                          "turn lists every question, as the official code trains) or chat (only its own, as a "
+                          "live chat renders each turn)", group="data")
     skip_bad_rows: bool = opt(False, "false: a bad row stops the run with an error naming it; true: skip it, "
                               "count it, report the counts", group="data")
     num_workers: int = opt(0, "DataLoader worker processes (0: load in the training process)", group="data")
@@ -121,6 +124,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be positive (or max_steps set), got {self.epochs}")
         if self.task not in ("vlm", "vision_shapes"):
             raise ValueError(f"task must be 'vlm' or 'vision_shapes', got {self.task!r}")
+        if self.multi_turn not in ("official", "chat"):
+            raise ValueError(f"multi_turn must be 'official' or 'chat', got {self.multi_turn!r}")
         if self.prepare not in ("", "shapes"):
             raise ValueError(f"prepare must be '' or 'shapes', got {self.prepare!r}")
         if not isinstance(self.trainable, list) or not self.trainable:
@@ -233,7 +238,7 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
         # the embedded default, from scratch on generated shapes in about 15 minutes on 2 CPU cores:
         # stage 0 pretrains the tiny vision encoder on the generator's labels (the role CLIP's own
         # pretraining plays for the real model), stage 1 aligns on captions (image first), stage 2
-        # tunes on questions (sandwich). Nothing is pretrained, so stages 1 and 2 train the LM blocks,
+        # tunes on questions (sandwich), as conversations. Nothing is pretrained, so stages 1 and 2 train the LM blocks,
         # head and projector; the embedding stays at its random init (frozen, as in the real stage 2),
         # and so does the pretrained vision encoder.
         "tiny": [
@@ -243,9 +248,11 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
             dict(data=os.path.join(tiny_data, "stage1.json"), prepare="shapes", image_position="first", ctx_len=256,
                  trainable=TINY_TRAINABLE, lr=1e-3, lr_final=2e-4, warmup_steps=20, micro_batch_size=32,
                  max_steps=180, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage1"), log_every=20),
-            dict(data=os.path.join(tiny_data, "stage2.json"), prepare="shapes", image_position="middle",
-                 ctx_len=256, trainable=TINY_TRAINABLE, lr=1e-3, lr_final=5e-5, warmup_steps=20,
-                 micro_batch_size=32, max_steps=1350, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage2"),
+            # stage 2 on conversations (each image's three questions, the later ones follow-ups) rendered
+            # as a live chat renders them, so a chat's second question is answered as well as its first
+            dict(data=os.path.join(tiny_data, "stage2_multiturn.json"), prepare="shapes", image_position="middle",
+                 multi_turn="chat", ctx_len=256, trainable=TINY_TRAINABLE, lr=1e-3, lr_final=5e-5, warmup_steps=20,
+                 micro_batch_size=32, max_steps=700, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage2"),
                  log_every=20, eval_heldout=os.path.join(tiny_data, "test.json")),
         ],
     }

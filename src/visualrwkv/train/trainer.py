@@ -175,7 +175,7 @@ class Trainer:
                                         text_only_positions=self.model.text_only_positions,
                                         max_rounds=cfg.max_rounds or None,
                                         prompt_format=self.model.config.prompt_format,
-                                        max_images=self.model.config.max_images,
+                                        max_images=self.model.config.max_images, multi_turn=cfg.multi_turn,
                                         skip_bad_rows=cfg.skip_bad_rows, preprocess=self.model.vit.preprocess)
         if cfg.fit_to_data:
             fitted = fit(cfg, self.model.config, len(self.dataset), self.dist.world_size)
