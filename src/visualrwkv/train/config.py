@@ -238,7 +238,7 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
         # the embedded default, from scratch on generated shapes in about 15 minutes on 2 CPU cores:
         # stage 0 pretrains the tiny vision encoder on the generator's labels (the role CLIP's own
         # pretraining plays for the real model), stage 1 aligns on captions (image first), stage 2
-        # tunes on questions (sandwich), as conversations. Nothing is pretrained, so stages 1 and 2 train the LM blocks,
+        # tunes on questions (sandwich). Nothing is pretrained, so stages 1 and 2 train the LM blocks,
         # head and projector; the embedding stays at its random init (frozen, as in the real stage 2),
         # and so does the pretrained vision encoder.
         "tiny": [
@@ -248,11 +248,9 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
             dict(data=os.path.join(tiny_data, "stage1.json"), prepare="shapes", image_position="first", ctx_len=256,
                  trainable=TINY_TRAINABLE, lr=1e-3, lr_final=2e-4, warmup_steps=20, micro_batch_size=32,
                  max_steps=180, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage1"), log_every=20),
-            # stage 2 on conversations (each image's three questions, the later ones follow-ups) rendered
-            # as a live chat renders them, so a chat's second question is answered as well as its first
-            dict(data=os.path.join(tiny_data, "stage2_multiturn.json"), prepare="shapes", image_position="middle",
-                 multi_turn="chat", ctx_len=256, trainable=TINY_TRAINABLE, lr=1e-3, lr_final=5e-5, warmup_steps=20,
-                 micro_batch_size=32, max_steps=700, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage2"),
+            dict(data=os.path.join(tiny_data, "stage2.json"), prepare="shapes", image_position="middle",
+                 ctx_len=256, trainable=TINY_TRAINABLE, lr=1e-3, lr_final=5e-5, warmup_steps=20,
+                 micro_batch_size=32, max_steps=1350, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage2"),
                  log_every=20, eval_heldout=os.path.join(tiny_data, "test.json")),
         ],
     }
