@@ -335,6 +335,21 @@ def test_sample_rejects_bad_logits():
 def test_unseeded_rows_get_independent_generators():
     a, b = SamplingRow.create(SamplingParams()), SamplingRow.create(SamplingParams())
     assert a.generator is not b.generator
+    # ... seeded from fresh entropy, not left at torch's fixed default seed
+    assert a.generator.initial_seed() != b.generator.initial_seed()
+    assert a.generator.initial_seed() != torch.Generator().initial_seed()
+
+
+def test_two_unseeded_requests_draw_different_tokens_and_one_seed_repeats():
+    # 40 draws from 64 near-uniform tokens: two independent streams agree with probability ~64**-40
+    flat = [SamplingParams(temperature=1.0, top_p=1.0, presence_penalty=0, frequency_penalty=0)]
+    first, second = run_steps(flat, 40, batch=True)[0], run_steps(flat, 40, batch=True)[0]
+    assert first != second
+    seeded = [SamplingParams(temperature=1.0, top_p=1.0, presence_penalty=0, frequency_penalty=0, seed=5)]
+    assert run_steps(seeded, 40, batch=True) == run_steps(seeded, 40, batch=True)
+    # a seed is the generator's seed: the first draw is torch's uniform for that seed
+    row = SamplingRow.create(SamplingParams(seed=5))
+    assert torch.rand(1, generator=row.generator).item() == torch.rand(1, generator=torch.Generator().manual_seed(5)).item()
 
 
 # ---------------------------------------------------------------- streaming text
