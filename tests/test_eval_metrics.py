@@ -109,3 +109,10 @@ def test_circular_accuracy_exact_values():
     assert circular_accuracy({"1": [], "2": [True]}) == 50.0
     with pytest.raises(ValueError, match="at least one question"):
         circular_accuracy({})
+
+
+def test_equal_cells_do_not_look_like_empty_ones():
+    # tp == fp == fn: the denominators tp + fp and tp + fn are 4, not 0, and precision == recall
+    m = BinaryMetrics(tp=2, fp=2, tn=1, fn=2)
+    assert (m.precision, m.recall, m.f1) == (0.5, 0.5, 0.5)
+    assert m.accuracy == 3 / 7 and m.yes_ratio == 4 / 7
