@@ -98,7 +98,25 @@ def _unmutated_nodes(tree: ast.AST) -> set[int]:
             skip.update(id(n) for n in ast.walk(node) if isinstance(n, (ast.Constant, ast.JoinedStr)))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             skip_all(node)
+        elif isinstance(node, ast.Call):
+            # dim=-1 and dim=1 name the same axis of the 2-D [batch, vocab] tensors these modules work on, so
+            # dropping that minus is an equivalent mutant every time: not made (dim=-2, the constant changed, is)
+            for kw in node.keywords:
+                if kw.arg in ("dim", "axis") and _is_minus_one(kw.value):
+                    skip.add(id(kw.value))
+            method = node.func.attr if isinstance(node.func, ast.Attribute) else None
+            if method in _DIM_FIRST_METHODS and node.args and _is_minus_one(node.args[0]):
+                skip.add(id(node.args[0]))
     return skip
+
+
+# tensor methods whose first positional argument is a dimension
+_DIM_FIRST_METHODS = {"gather", "scatter", "scatter_", "cumsum", "argmax", "argmin", "flip", "softmax", "log_softmax"}
+
+
+def _is_minus_one(node) -> bool:
+    return (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant)
+            and node.operand.value == 1)
 
 
 class _Mutator(ast.NodeTransformer):
@@ -166,7 +184,7 @@ class _Mutator(ast.NodeTransformer):
 
     def visit_UnaryOp(self, node):
         self.generic_visit(node)
-        if isinstance(node.op, (ast.Not, ast.USub, ast.Invert)):
+        if isinstance(node.op, (ast.Not, ast.USub, ast.Invert)) and id(node) not in self._skip:
             if self._site(node, f"drop {type(node.op).__name__}"):
                 return node.operand
         return node
