@@ -129,6 +129,8 @@ class _Mutator(ast.NodeTransformer):
         self._in_function = 0
 
     def _site(self, node: ast.AST, description: str) -> bool:
+        if id(node) in self._skip:
+            return False
         self.sites.append((node.lineno, description))
         return len(self.sites) - 1 == self.target
 
@@ -259,18 +261,26 @@ def _run_child(workdir: Path, tests: list[str], timeout: float) -> str:
             rc = 99
         os._exit(int(rc))
     deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
-        if time.monotonic() > deadline:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
-            return "timeout"
-        time.sleep(0.02)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
+            if time.monotonic() > deadline:
+                _kill_child(pid)
+                return "timeout"
+            time.sleep(0.02)
+    except BaseException:  # Ctrl-C: the child (its own process group) goes too
+        _kill_child(pid)
+        raise
+
+
+def _kill_child(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
 
 
 def run_module(module: str, workdir: Path, equivalent: dict[str, str], timeout: float | None, verbose: bool):
