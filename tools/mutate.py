@@ -8,7 +8,10 @@ For one module at a time, every single-point change of its AST is made in turn (
 boolean and unary operator swaps, constant changes, deletion of one statement in a function body), written into a
 temporary copy of the tree (the real tree is never edited), and the module's own tests (MODULE_TESTS) are run on
 it with -x and a timeout. A mutant is *killed* when they fail (or time out), *survives* when they pass.
-Survivors known to be equivalent (no behaviour changes) are listed, each with why, in
+Not mutated, because no test could or should tell: docstrings, annotations and Literal[...] aliases, imports,
+the text of raised errors and f-string pieces (tests match messages by a key phrase), and the minus of dim=-1
+(the same axis as dim=1 of the 2-D tensors here). Survivors known to be equivalent (no behaviour changes) are
+listed, each with why, in
 tests/mutation_equivalent.txt and counted apart. Exit status 1 when a module's score (killed / non-equivalent)
 is under --min-score.
 
@@ -98,6 +101,8 @@ def _unmutated_nodes(tree: ast.AST) -> set[int]:
             skip.update(id(n) for n in ast.walk(node) if isinstance(n, (ast.Constant, ast.JoinedStr)))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             skip_all(node)
+        elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "Literal":
+            skip_all(node)  # a type alias such as Literal["first", "last"]: read by type checkers only
         elif isinstance(node, ast.Call):
             # dim=-1 and dim=1 name the same axis of the 2-D [batch, vocab] tensors these modules work on, so
             # dropping that minus is an equivalent mutant every time: not made (dim=-2, the constant changed, is)
