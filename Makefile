@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   installs into .venv and runs the main job on the embedded default model
 #   make test   installs into .venv (with the test extras) and runs the test suite
+# Not in CI: make mutation (are the core modules' tests able to fail? docs/testing.md)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
@@ -9,7 +10,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench mutation mutation-mutmut clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +25,18 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# Mutants of the five core modules, each against its own tests; prints killed/survived per module and fails
+# under 95% of the non-equivalent ones killed (equivalent survivors: tests/mutation_equivalent.txt). CPU heavy:
+# several minutes. MODULES=engine/stream.py runs one.
+MODULES ?=
+mutation: install
+	$(PY) tools/mutate.py $(MODULES)
+
+# The same with mutmut, as a cross-check (it mutates function bodies only; see tools/mutmut_modules.py)
+mutation-mutmut: install
+	$(PIP) install -q -e ".[mutation]"
+	$(PY) tools/mutmut_modules.py $(MODULES)
 
 bench: install
 	$(VENV)/bin/visualrwkv bench lm --out docs/bench_lm.json

@@ -63,7 +63,11 @@ def test_cached_answer_equals_uncached(tiny_vlm, engine, red):
     assert (first.text, first.token_ids) == (second.text, second.token_ids) == alone(tiny_vlm, prompt, params)
     # a seeded sample from the cached state equals the uncached one too
     seeded = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, seed=7)
-    assert (engine.generate(prompt, seeded).token_ids, ) == (alone(tiny_vlm, prompt, seeded)[1], )
+    from_cache = engine.generate(prompt, seeded)
+    assert from_cache.cached_tokens == from_cache.prompt_tokens
+    assert from_cache.token_ids == alone(tiny_vlm, prompt, seeded)[1]
+    # ... and it is a sample, not the greedy answer again: the comparison above could not pass by accident
+    assert from_cache.token_ids != first.token_ids
     stats = engine.stats().cache
     assert stats.hits >= 2 and stats.bytes <= stats.max_bytes
 

@@ -129,6 +129,21 @@ def test_make_key_is_deterministic_sha256_hex():
     k = make_key(b"img", [1, 2, 3], "model-a")
     assert k == make_key(b"img", [1, 2, 3], "model-a")
     assert len(k) == 64 and int(k, 16) >= 0
+    # the same in every process and release: the digest of the documented framing, pinned
+    assert k == "f634606d9574c6e2882f08ba62845a6d8c9eebf1ffa30059d3bb1e9fdb2c04bf"
+    assert make_key(None, [-200, 5], "m") == "e300a35ce1f270aaef2810b90118a33d60dec621857e59c0f7ca44b8688b74d9"
+
+
+def test_make_key_is_the_sha256_of_length_delimited_parts():
+    # written out here: len(model) model, then 0x01 len(image) image (0x00 for no image), the ids as int64, count
+    import hashlib
+    import struct
+
+    framed = (struct.pack("<Q", 7) + b"model-a" + b"\x01" + struct.pack("<Q", 3) + b"img"
+              + struct.pack("<3q", 1, 2, 3) + struct.pack("<Q", 3))
+    assert make_key(b"img", [1, 2, 3], "model-a") == hashlib.sha256(framed).hexdigest()
+    framed = struct.pack("<Q", 1) + b"m" + b"\x00" + struct.pack("<2q", -200, 5) + struct.pack("<Q", 2)
+    assert make_key(None, [-200, 5], "m") == hashlib.sha256(framed).hexdigest()
 
 
 def test_make_key_distinguishes_every_part():
@@ -155,3 +170,16 @@ def test_make_key_validates_inputs():
         make_key(b"x", [1], "")
     with pytest.raises(ValueError, match="prefix_ids"):
         make_key(b"x", [1, "2"], "m")
+
+
+def test_prefix_keys_equal_the_key_of_each_prefix():
+    from visualrwkv.engine.cache import make_prefix_keys
+
+    ids = [5, -200, 7, 9]
+    keys = make_prefix_keys(b"img", ids, [0, 1, 3, 4], "m")
+    assert keys == [make_key(b"img", ids[:n], "m") for n in (0, 1, 3, 4)]
+    assert len(set(keys)) == 4
+    assert make_prefix_keys(b"img", ids, [2, 2], "m") == [make_key(b"img", ids[:2], "m")] * 2
+    for bad in ([3, 1], [5], [-1]):
+        with pytest.raises(ValueError, match="lengths must be ascending"):
+            make_prefix_keys(b"img", ids, bad, "m")

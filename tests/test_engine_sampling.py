@@ -335,6 +335,21 @@ def test_sample_rejects_bad_logits():
 def test_unseeded_rows_get_independent_generators():
     a, b = SamplingRow.create(SamplingParams()), SamplingRow.create(SamplingParams())
     assert a.generator is not b.generator
+    # ... seeded from fresh entropy, not left at torch's fixed default seed
+    assert a.generator.initial_seed() != b.generator.initial_seed()
+    assert a.generator.initial_seed() != torch.Generator().initial_seed()
+
+
+def test_two_unseeded_requests_draw_different_tokens_and_one_seed_repeats():
+    # 40 draws from 64 near-uniform tokens: two independent streams agree with probability ~64**-40
+    flat = [SamplingParams(temperature=1.0, top_p=1.0, presence_penalty=0, frequency_penalty=0)]
+    first, second = run_steps(flat, 40, batch=True)[0], run_steps(flat, 40, batch=True)[0]
+    assert first != second
+    seeded = [SamplingParams(temperature=1.0, top_p=1.0, presence_penalty=0, frequency_penalty=0, seed=5)]
+    assert run_steps(seeded, 40, batch=True) == run_steps(seeded, 40, batch=True)
+    # a seed is the generator's seed: the first draw is torch's uniform for that seed
+    row = SamplingRow.create(SamplingParams(seed=5))
+    assert torch.rand(1, generator=row.generator).item() == torch.rand(1, generator=torch.Generator().manual_seed(5)).item()
 
 
 # ---------------------------------------------------------------- streaming text
@@ -437,3 +452,79 @@ def test_final_answer_examples():
     assert final_answer(" Red\n\nUser: more") == "Red"
     assert final_answer("  Two words  ") == "Two words"
     assert final_answer("") == ""
+
+
+def expected_levels(probs: torch.Tensor, top_p: float, top_k: int) -> list[str]:
+    """Where each row's cut is decided, from a full sort: the first candidate level L (1024, 8192) whose L most
+    probable tokens hold the cut (top-p mass reached within them, or k <= L) with no tie across the boundary
+    (the L-th and L+1-th probabilities differ); else the full sort."""
+    vocab = probs.shape[-1]
+    out = []
+    for row in probs:
+        values = torch.sort(row, descending=True).values
+        level = "full"
+        for L in (1024, 8192):
+            if L + 1 >= vocab:
+                break
+            holds = bool(torch.cumsum(values[:L], 0)[-1] >= top_p) if top_p < 1.0 else top_k <= L
+            if values[L - 1] > values[L] and holds:
+                level = L
+                break
+        out.append(level)
+    return out
+
+
+@pytest.mark.parametrize("scale, top_p, top_k", [(8.0, 0.85, 0), (0.05, 0.85, 0), (1.0, 1.0, 5), (1.0, 1.0, 2000),
+                                                  (1.0, 1.0, 9000), (3.0, 0.99, 50)])
+def test_candidate_levels_decide_the_cut_where_they_can(monkeypatch, scale, top_p, top_k):
+    # the full-sort fallback would hide a broken candidate path (same kept set, only slower), so the path is checked:
+    # how many rows each level looked at, against where the cut lies
+    import visualrwkv.engine.sampling as sampling
+
+    gen = torch.Generator().manual_seed(int(scale * 10) + top_k)
+    logits = torch.randn(3, 20000, generator=gen) * scale
+    logits[1] = torch.round(logits[1] * 64) / 64  # ties, also at the boundaries
+    calls = []
+    real = sampling._keep_sorted
+
+    def recording(sorted_probs, p, k):
+        calls.append((sorted_probs.shape[-1], sorted_probs.shape[0]))
+        return real(sorted_probs, p, k)
+
+    monkeypatch.setattr(sampling, "_keep_sorted", recording)
+    params = [SamplingParams(top_p=top_p, top_k=top_k)] * 3
+    dist = sampling_distribution(logits, params)
+    levels = expected_levels(torch.softmax(logits, dim=-1), top_p, top_k)
+    pending, expected_calls = 3, []
+    for width in (1024, 8192, 20000):
+        if pending:
+            expected_calls.append((width, pending))
+        pending -= levels.count(width if width != 20000 else "full")
+    assert calls == expected_calls
+    probs = torch.softmax(logits, dim=-1)
+    for b in range(3):
+        assert set(torch.nonzero(dist[b]).flatten().tolist()) == reference_keep(probs[b], top_p, top_k)
+
+
+def test_stable_descending_orders_ties_by_id_whatever_order_they_come_in():
+    from visualrwkv.engine.sampling import _stable_descending
+
+    values = torch.tensor([[0.5, 0.25, 0.5, 0.25, 0.75], [0.125, 0.375, 0.375, 0.375, 0.0]])
+    ids = torch.tensor([[7, 9, 3, 1, 4], [2, 8, 6, 0, 5]])
+    v, i = _stable_descending(values, ids)
+    assert v.tolist() == [[0.75, 0.5, 0.5, 0.25, 0.25], [0.375, 0.375, 0.375, 0.125, 0.0]]
+    assert i.tolist() == [[4, 3, 7, 1, 9], [0, 6, 8, 2, 5]]
+
+
+def test_zero_weight_texts_are_exactly_space_tab_and_the_ten_digits(tokenizer):
+    from visualrwkv.engine.sampling import ZERO_WEIGHT_TOKEN_TEXTS
+
+    assert ZERO_WEIGHT_TOKEN_TEXTS == {b" ", b"\t", b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9"}
+    sampler = Sampler(tokenizer.token_bytes)
+    row = sampler.new_row(SamplingParams())
+    # "10", " 7", two spaces and two tabs are single tokens of their own, and each counts 1
+    others = [tokenizer.encode(text) for text in ("10", " 7", "  ", "\t\t")]
+    assert all(len(ids) == 1 for ids in others)
+    for (t,) in others:
+        sampler.record(row, t)
+    assert [row.occurrence[t] for (t,) in others] == pytest.approx([0.996**3, 0.996**2, 0.996, 1.0], rel=1e-12)

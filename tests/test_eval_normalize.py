@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 from visualrwkv.eval.normalize import (
     CONTRACTIONS,
     evalai_answer,
+    evalai_punctuation,
     official_answer,
     official_punctuation,
+    whitespace,
 )
 from visualrwkv.eval.vqa_accuracy import leave_one_out_accuracy, vqa_accuracy
 
@@ -152,3 +154,69 @@ def test_a_prediction_given_by_four_annotators_scores_one(prediction, others, va
 @given(_answer_text, st.lists(_answer_text, min_size=10, max_size=10))
 def test_official_ignores_surrounding_whitespace_and_tabs(prediction, answers):
     assert vqa_accuracy(" \t" + prediction + "\n", answers, "official") == vqa_accuracy(prediction, answers, "official")
+
+
+# The 21 marks of vqaEval.py (HEAD) and MMF, spelled out here rather than read from the module.
+PUNCTUATION_MARKS = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+
+
+@pytest.mark.parametrize("mark", PUNCTUATION_MARKS)
+def test_each_punctuation_mark_becomes_a_space_or_vanishes(mark):
+    # between two letters the mark becomes a space ...
+    assert official_punctuation(f"a{mark}b") == "a b"
+    assert evalai_punctuation(f"a{mark}b") == "a b"
+    # ... touching a space on either side it is deleted (a space would be left otherwise: "a  b")
+    assert official_punctuation(f"a {mark}b") == "a b"
+    assert official_punctuation(f"a{mark} b") == "a b"
+    assert evalai_punctuation(f"a {mark}b") == "a b"
+    # and a digit-comma-digit anywhere deletes it too
+    assert official_punctuation(f"1,2 a{mark}b") == "12 ab"
+
+
+@pytest.mark.parametrize("kept", [":", "'", "#", "$", "%", "&", "*", "|", "~", "^"])
+def test_marks_outside_the_list_are_kept(kept):
+    assert official_punctuation(f"a{kept}b") == f"a{kept}b"
+    assert evalai_punctuation(f"a{kept}b") == f"a{kept}b"
+
+
+def test_the_two_digit_comma_rules_on_their_own():
+    # vqaEval.py: exactly one comma between digits; MMF: a run of commas. Both then delete every mark.
+    assert official_punctuation("1,,000 a/b") == "1  000 a b"
+    assert evalai_punctuation("1,,000 a/b") == "1000 ab"
+    assert official_punctuation("1,000 a/b") == "1000 ab"
+    assert evalai_punctuation("1,000 a/b") == "1000 ab"
+
+
+NUMBER_WORDS_SPELLED = [
+    ("none", "0"), ("zero", "0"), ("one", "1"), ("two", "2"), ("three", "3"), ("four", "4"), ("five", "5"),
+    ("six", "6"), ("seven", "7"), ("eight", "8"), ("nine", "9"), ("ten", "10"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("word, digit", NUMBER_WORDS_SPELLED)
+def test_every_number_word_becomes_its_digits(word, digit):
+    assert official_answer(word) == digit
+    assert official_answer(f"{word.capitalize()} cats") == f"{digit} cats"
+    assert evalai_answer(word) == digit
+
+
+def test_larger_number_words_are_left_alone():
+    assert official_answer("eleven") == "eleven"
+    assert official_answer("twenty") == "twenty"
+
+
+def test_whitespace_step_turns_newlines_and_tabs_into_spaces():
+    assert whitespace(" a\nb\tc \n") == "a b c"
+    assert whitespace("a\n\tb") == "a  b"
+    # ten identical GT answers: only the whitespace step runs, so "\n" inside an answer must become a space
+    assert vqa_accuracy("red car", ["red\ncar"] * 10, "official") == 1.0
+    assert vqa_accuracy("red car", ["red\tcar"] * 10, "official") == 1.0
+    assert vqa_accuracy("red car", ["red  car"] * 10, "official") == 0.0
+
+
+def test_evalai_word_tokenize_drops_commas_and_question_marks_before_punctuation():
+    # dropped, not spaced: the punctuation step would have made "a b"
+    assert evalai_answer("x,y") == "xy"
+    assert evalai_answer("x?y") == "xy"
+    assert official_answer("x,y") == "x y"  # ("a" would be dropped as an article)
+    assert official_answer("x?y") == "x y"

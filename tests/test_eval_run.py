@@ -12,7 +12,7 @@ import pytest
 
 from visualrwkv.cli import main
 from visualrwkv.engine.defaults import DEFAULT_MODEL_DIR
-from visualrwkv.eval.benchmarks import TASK_NAMES, build_fixture
+from visualrwkv.eval.benchmarks import TASK_NAMES, build_fixture, score_predictions
 from visualrwkv.eval.items import EvalDataError
 from visualrwkv.eval.run import _read_done
 
@@ -29,6 +29,69 @@ def test_every_task_runs_end_to_end(task, tmp_path, capsys):
     assert "|" in table and task in table.lower()
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results[0]["task"] == task and results[0]["n_missing"] == 0
+    # the score reported is exactly the scorer's score of the answers the run wrote
+    rescored = score_predictions(task, data, tmp_path / "out" / "predictions.jsonl", variant=results[0]["variant"])
+    assert results[0]["score"] == rescored.score
+    assert 0.0 <= results[0]["score"] <= (2000.0 if task == "mme" else 100.0)
+
+
+class _AnswerEveryQuestion:
+    """Stands in for the engine inside `answer_items`: answers `text` to every prompt, at once."""
+
+    text = "Yes"
+
+    def __init__(self, model, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def build_prompt(self, *args, **kwargs):
+        return args
+
+    def submit(self, prompt, params):
+        answer = type(self).text
+
+        class Handle:
+            def result(self):
+                return type("Result", (), {"text": answer})()
+
+        return Handle()
+
+
+@pytest.mark.parametrize("answer", ["Yes", "No"])
+def test_pope_run_score_is_exact_for_known_answers(answer, tmp_path, monkeypatch):
+    # every question answered `answer`: per split F1 (in %) follows from the labels alone, worked out here
+    import visualrwkv.engine.engine as engine_module
+    from visualrwkv.eval.benchmarks import read_items
+    from visualrwkv.eval.run import run_eval
+
+    data = tmp_path / "data"
+    build_fixture("pope", data, n=6, seed=3)
+    monkeypatch.setattr(_AnswerEveryQuestion, "text", answer)
+    monkeypatch.setattr(engine_module, "Engine", _AnswerEveryQuestion)
+    result = run_eval("pope", data, tmp_path / "out", progress=False)
+    f1s = {}
+    for item in read_items("pope", data):
+        f1s.setdefault(item.meta["split"], []).append(item.meta["label"])
+    expected = {}
+    for split, labels in f1s.items():
+        yes = labels.count("yes")
+        if answer == "Yes":  # precision = yes / n, recall = 1
+            precision = yes / len(labels)
+            expected[split] = 100 * 2 * precision / (precision + 1) if yes else 0.0
+        else:  # nothing predicted "yes": precision, recall and F1 are 0
+            expected[split] = 0.0
+    assert result.score == pytest.approx(sum(expected.values()) / len(expected))
+    assert (result.score > 0) == (answer == "Yes")  # the fixture has "yes" labels: the check is not 0 == 0
+    for split, f1 in expected.items():
+        assert result.breakdown[split]["f1"] == pytest.approx(f1)
+        assert result.breakdown[split]["yes_ratio"] == (100.0 if answer == "Yes" else 0.0)
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert written[0]["score"] == result.score
 
 
 def test_killed_run_resumes_to_the_same_table(tmp_path):

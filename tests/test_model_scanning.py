@@ -93,6 +93,43 @@ def test_scanning_changes_the_result():
     assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
 
 
+# 4 text tokens, the 3×3 patch grid at positions 4..12, the image's CLS vector at 13 (never moved), 3 text tokens:
+# the order each of the 4 layers reads the sequence in (None: unchanged), written out from SPEC §6
+_TEXT_BEFORE, _TEXT_AFTER = [0, 1, 2, 3], [13, 14, 15, 16]
+_REVERSED = _TEXT_BEFORE + [12, 11, 10, 9, 8, 7, 6, 5, 4] + _TEXT_AFTER
+_COLUMNS = _TEXT_BEFORE + [4, 7, 10, 5, 8, 11, 6, 9, 12] + _TEXT_AFTER
+_COLUMNS_REVERSED = _TEXT_BEFORE + [12, 9, 6, 11, 8, 5, 10, 7, 4] + _TEXT_AFTER
+_LAYER_ORDERS = {
+    "unidirection": [None, None, None, None],
+    "bidirection": [None, _REVERSED, None, _REVERSED],
+    "multidirection": [None, _REVERSED, _COLUMNS, _COLUMNS_REVERSED],
+}
+
+
+@pytest.mark.parametrize("mode", list(_LAYER_ORDERS))
+def test_each_layer_reads_the_patches_in_its_exact_order(mode, monkeypatch):
+    import visualrwkv.model as model_module
+
+    model = tiny_model(mode)
+    seen = []  # (layer input permutation) per block: hidden_states permutes x, runs the block, permutes back
+    real_permute = model_module.permute
+    real_run_block = model.rwkv.run_block
+
+    def recording_permute(x, index):
+        recording_permute.last = None if index is None else index[0].tolist()
+        return real_permute(x, index)
+
+    def recording_run_block(block, x, *args, **kwargs):
+        seen.append(recording_permute.last)
+        return real_run_block(block, x, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "permute", recording_permute)
+    monkeypatch.setattr(model.rwkv, "run_block", recording_run_block)
+    prompt = ids(4, 0) + [IMAGE_TOKEN_INDEX] + ids(3, 1)
+    model.prefill(prompt, torch.randn(1, 3, 42, 42))
+    assert seen == _LAYER_ORDERS[mode]
+
+
 def test_batched_rows_do_not_depend_on_each_other():
     model = tiny_model("bidirection")
     pixel = torch.randn(2, 1, 3, 42, 42)

@@ -11,6 +11,7 @@ from visualrwkv.prompts import (
     ConversationError,
     TurnText,
     build_inference_prompt,
+    default_tokenizer,
     normalize_value,
     render_conversation,
     render_text,
@@ -285,3 +286,33 @@ def test_inference_prompt_puts_image_in_first_question(tok):
         "User: \nWhat is it?\n\nAssistant: A bus\n\nUser: Colour?\n\nAssistant:"
     )
     assert prompt.index(IMAGE_TOKEN_INDEX) == len(tok.encode("User: "))
+
+
+# ---------------------------------------------------------------- which tokenizer
+
+
+class CharTokenizer:
+    """One id per character (its code point) and "Assistant:" as the 3 ids the labels expect."""
+
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+
+def test_no_tokenizer_means_the_rwkv_world_tokenizer(tok):
+    assert tokenize_conversation(BUS, image_position="first") == tokenize_conversation(BUS, tok, "first")
+    assert build_inference_prompt("Colour?") == build_inference_prompt("Colour?", tokenizer=tok)
+    assert build_inference_prompt("Colour?")[-3:] == ASSISTANT
+    assert default_tokenizer() is default_tokenizer()  # built once
+    assert default_tokenizer().encode("Assistant:") == ASSISTANT
+
+
+def test_a_given_tokenizer_is_the_one_used():
+    chars = CharTokenizer()
+    prompt = build_inference_prompt("Hi", has_image=False, tokenizer=chars)
+    assert prompt == [ord(c) for c in "User: Hi\n\nAssistant:"]
+    sample = tokenize_conversation([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}], chars)
+    assert sample.input_ids == [ord(c) for c in "User: Hi\n\nAssistant: Yo\n\n"]
+    # with one id per character the masked "Assistant:" prefix is its 10 characters
+    n_human = len("User: Hi\n\n")
+    assert sample.labels == [IGNORE_INDEX] * (n_human + 10) + [ord(c) for c in " Yo\n\n"]
+    assert sample.num_images == 0
