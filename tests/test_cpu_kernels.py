@@ -1,4 +1,4 @@
-"""The compiled CPU decoding kernels (ops/rwkv6_cpu.cpp): built here, equal to the PyTorch step."""
+"""The compiled CPU decoding kernels (ops/rwkv_cpu.cpp): built here, equal to the PyTorch step."""
 
 import shutil
 
@@ -78,8 +78,8 @@ def test_compiled_step_equals_the_pytorch_step(batch, threads, monkeypatch):
         return outputs, state
 
     taken = []
-    step = cpu_kernels.rwkv6_step
-    monkeypatch.setattr(cpu_kernels, "rwkv6_step", lambda *a: taken.append(r := step(*a)) or r)
+    step = cpu_kernels.decode_step
+    monkeypatch.setattr(cpu_kernels, "decode_step", lambda *a: taken.append(r := step(*a)) or r)
     compiled, compiled_state = decode()
     assert len(taken) == 1 + tokens.shape[1] + 1 and all(r is not None for r in taken[1:])
     eager(monkeypatch)
@@ -105,7 +105,7 @@ def test_compiled_bf16_step_is_the_fp32_step_on_the_widened_weights(batch, monke
     g = torch.Generator().manual_seed(batch)
     _, state = lm(torch.randint(0, V, (batch, 5), generator=g))  # bf16 shifts, fp32 WKV
     x = lm.emb(torch.randint(0, V, (batch, 1), generator=g))
-    hidden, new = cpu_kernels.rwkv6_step(lm, x, state)
+    hidden, new = cpu_kernels.decode_step(lm, x, state)
     assert hidden.dtype == torch.float32 and new.att_shift.dtype == new.ffn_shift.dtype == torch.bfloat16
     eager(monkeypatch)
     want_logits, want = wide(x.float(), state.to(dtype=torch.float32))
@@ -144,7 +144,7 @@ def test_compiled_step_leaves_its_inputs_alone():
     before = state.clone()
     x = torch.randn(2, 1, 128)
     x_before = x.clone()
-    hidden, new = cpu_kernels.rwkv6_step(lm, x, state)
+    hidden, new = cpu_kernels.decode_step(lm, x, state)
     assert torch.equal(x, x_before) and all(torch.equal(a, b) for a, b in
                                             zip((state.att_shift, state.wkv, state.ffn_shift),
                                                 (before.att_shift, before.wkv, before.ffn_shift)))
@@ -155,17 +155,19 @@ def test_compiled_step_declines_what_it_does_not_compute():
     lm = make_lm()
     x = torch.randn(1, 1, 128)
     with torch.no_grad():
-        assert cpu_kernels.rwkv6_step(lm, x, None) is None  # [out, in] weights: the layout it does not read
+        assert cpu_kernels.decode_step(lm, x, None) is None  # [out, in] weights: the layout it does not read
         lm.use_gemv_layout()
-        assert cpu_kernels.rwkv6_step(lm, x, None) is not None
-        assert cpu_kernels.rwkv6_step(lm, torch.randn(1, 2, 128), None) is None  # a prompt, not a step
-        assert cpu_kernels.rwkv6_step(lm, torch.randn(cpu_kernels.MAX_ROWS + 1, 1, 128), None) is None
-        assert cpu_kernels.rwkv6_step(lm, x.bfloat16(), None) is None  # not the weights' dtype
+        assert cpu_kernels.decode_step(lm, x, None) is not None
+        assert cpu_kernels.decode_step(lm, torch.randn(1, 2, 128), None) is None  # a prompt, not a step
+        assert cpu_kernels.decode_step(lm, torch.randn(cpu_kernels.MAX_ROWS + 1, 1, 128), None) is None
+        assert cpu_kernels.decode_step(lm, x.bfloat16(), None) is None  # not the model's dtype
+        lm.blocks[1].att.time_faaaa.data = lm.blocks[1].att.time_faaaa.data.half()
+        assert cpu_kernels.decode_step(lm, x, None) is None  # a float16 parameter: not a kind it reads
         lm.blocks[1].att.time_faaaa.data = lm.blocks[1].att.time_faaaa.data.bfloat16()
-        assert cpu_kernels.rwkv6_step(lm, x, None) is None  # weights of two dtypes
-        assert cpu_kernels.rwkv6_step(lm.to(torch.bfloat16), x.bfloat16(), None) is not None
-        assert cpu_kernels.rwkv6_step(lm.half(), x.half(), None) is None
-    assert cpu_kernels.rwkv6_step(make_lm().use_gemv_layout(), x, None) is None  # autograd on
+        assert cpu_kernels.decode_step(lm, x, None) is not None  # weights of two dtypes: each read as it is
+        assert cpu_kernels.decode_step(lm.to(torch.bfloat16), x.bfloat16(), None) is not None
+        assert cpu_kernels.decode_step(lm.half(), x.half(), None) is None
+    assert cpu_kernels.decode_step(make_lm().use_gemv_layout(), x, None) is None  # autograd on
 
 
 @torch.no_grad()
@@ -223,10 +225,10 @@ def test_shapes_the_kernel_would_misread_are_refused():
     x = torch.randn(1, 1, 128)
     other = make_lm(n_layer=2).use_gemv_layout().new_state(1)  # a state of another model
     with pytest.raises(ValueError, match="state shapes"):
-        cpu_kernels.rwkv6_step(lm, x, other)
+        cpu_kernels.decode_step(lm, x, other)
     # a parameter of another shape: the compiled step declines, and the PyTorch path reports it
     lm.blocks[2].ffn.key.weight = torch.nn.Parameter(torch.randn(64, 448).t())  # [448, 64], input-major
-    assert cpu_kernels.rwkv6_step(lm, x, None) is None
+    assert cpu_kernels.decode_step(lm, x, None) is None
 
 
 def test_rows_matmul_leaves_misfits_to_torch():

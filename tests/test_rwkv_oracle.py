@@ -23,7 +23,7 @@ def pair(request, tmp_path_factory):
 @pytest.mark.parametrize("layout", ["default", "gemv"])
 def test_prompt_and_decode_logits_match_reference(pair, layout):
     ours, reference = pair
-    if layout == "gemv":  # decoding by the compiled step (ops/rwkv6_cpu.cpp) where a compiler is
+    if layout == "gemv":  # decoding by the compiled step (ops/rwkv_cpu.cpp) where a compiler is
         ours = copy.deepcopy(ours).use_gemv_layout()
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(1, 65530, (300,), generator=g).tolist()

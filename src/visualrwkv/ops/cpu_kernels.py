@@ -1,10 +1,12 @@
-"""Compiled CPU decoding: rwkv6_cpu.cpp, built on first use with the machine's C++ compiler.
+"""Compiled CPU decoding: rwkv_cpu.cpp, built on first use with the machine's C++ compiler.
 
 Why hand-written: a decoding step is bound by reading the weights once (~590 MB per token for the
 0.1B-class model in fp32), and eager PyTorch loses a third of the step to ~2,500 small operator calls
 and the rest to one-core BLAS products; `torch.compile` measured slower still (docs/benchmarks.md).
-The kernel runs all layers of a step in one call, each product streaming its weight on every thread.
-It reads fp32 or bf16 weights (half the bytes; the arithmetic stays fp32 either way).
+The kernel runs all layers of a step in one call (RWKV-6 or RWKV-7), each product streaming its weight
+on every thread. Every parameter goes in with its own kind, so models of mixed precision
+(rwkv/precision.py) run too: matrices fp32, bf16, int8 or int4 (ops/quant.py), vectors fp32 or bf16;
+the arithmetic, the activations and the state stay fp32 whatever the weights.
 
 The build is plain g++ (no torch headers, ~1 s) into a per-user cache, keyed by the source, the flags,
 the compiler and the CPU, and written atomically; the library is loaded with ctypes (which releases
@@ -30,14 +32,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("rwkv6_cpu.cpp")
+SOURCE = Path(__file__).with_name("rwkv_cpu.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 ENV_SWITCH = "VISUALRWKV_CPU_KERNELS"  # "0" turns the compiled kernels off
 MAX_ROWS = 16  # beyond this many rows a product is no longer bound by reading the weights
-WEIGHT_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the weights the kernels read: their `bf16_weights` flag
+WEIGHT_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the dense weights the kernels read: their `Kind`
+KINDS = {torch.float32: 0, torch.bfloat16: 1, 8: 2, 4: 3}  # rwkv_cpu.cpp's `Kind`: float dtypes and quantized bits
+MAX_HEAD_SIZE_7 = 256  # the RWKV-7 block keeps a head's vectors on the stack
 
-# per layer, in the order of the `Param` enum in rwkv6_cpu.cpp (attribute paths under a Block)
-LAYER_PARAMETERS = (
+# per layer, in the order of the `Param6` / `Param7` enums in rwkv_cpu.cpp (attribute paths under a Block)
+RWKV6_PARAMETERS = (
     "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias",
     "att.time_maa_x", "att.time_maa_w", "att.time_maa_k", "att.time_maa_v", "att.time_maa_r",
     "att.time_maa_g", "att.time_maa_w1", "att.time_maa_w2",
@@ -46,7 +50,30 @@ LAYER_PARAMETERS = (
     "att.ln_x.weight", "att.ln_x.bias",
     "ffn.time_maa_k", "ffn.time_maa_r", "ffn.key.weight", "ffn.receptance.weight", "ffn.value.weight",
 )
+RWKV7_PARAMETERS = (
+    "ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias",
+    "att.x_r", "att.x_w", "att.x_k", "att.x_v", "att.x_a", "att.x_g",
+    "att.w0", "att.w1", "att.w2", "att.a0", "att.a1", "att.a2", "att.v0", "att.v1", "att.v2",
+    "att.g1", "att.g2", "att.k_k", "att.k_a", "att.r_k",
+    "att.receptance.weight", "att.key.weight", "att.value.weight", "att.output.weight",
+    "att.ln_x.weight", "att.ln_x.bias",
+    "ffn.x_k", "ffn.key.weight", "ffn.value.weight",
+)
+LAYER_PARAMETERS = {6: RWKV6_PARAMETERS, 7: RWKV7_PARAMETERS}
+# the raw parameters the kernel reads as [in, out] matrices (the LoRAs); every other non-Linear one is a vector
+LORA_MATRICES = {"att.time_maa_w1", "att.time_maa_w2", "att.time_decay_w1", "att.time_decay_w2",
+                 "att.w1", "att.w2", "att.a1", "att.a2", "att.v1", "att.v2", "att.g1", "att.g2"}
 _p = ctypes.c_void_p
+
+
+class TensorArg(ctypes.Structure):
+    """rwkv_cpu.cpp's `Tensor`: a parameter's memory, its fp16 scales (quantized matrices) and kind."""
+
+    _fields_ = [("data", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("kind", ctypes.c_int64),
+                ("group", ctypes.c_int64)]
+
+
+
 _i = ctypes.c_int64
 _f = ctypes.c_float
 
@@ -69,7 +96,7 @@ def _cpu_fingerprint() -> str:
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_fingerprint()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"rwkv6_cpu-{key}.so"
+    target = cache_dir() / f"rwkv_cpu-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -104,11 +131,15 @@ def library() -> ctypes.CDLL | None:
         return None
     lib.visualrwkv_rows_matmul.argtypes = [ctypes.c_int, _p, _i, _p, _i, _i, _p, ctypes.c_int]
     lib.visualrwkv_rows_matmul.restype = None
-    lib.visualrwkv_rwkv6_step.argtypes = ([ctypes.c_int] + [_i] * 8 + [ctypes.POINTER(_p)] + [_p] * 2 + [_f, _f]
-                                          + [_p] * 7 + [ctypes.c_int])
-    lib.visualrwkv_rwkv6_step.restype = None
-    if lib.visualrwkv_params_per_layer() != len(LAYER_PARAMETERS):
-        raise RuntimeError("rwkv6_cpu.cpp and LAYER_PARAMETERS disagree on the layer parameters")
+    lib.visualrwkv_matmul.argtypes = [_p, _i, ctypes.POINTER(TensorArg), _i, _i, _p, ctypes.c_int]
+    lib.visualrwkv_matmul.restype = None
+    lib.visualrwkv_step.argtypes = ([ctypes.c_int] + [_i] * 5 + [ctypes.POINTER(_i), ctypes.POINTER(TensorArg),
+                                    ctypes.POINTER(TensorArg), _f, _f] + [_p] * 7 + [ctypes.c_int])
+    lib.visualrwkv_step.restype = ctypes.c_int
+    lib.visualrwkv_params_per_layer.argtypes = [ctypes.c_int]
+    for version, names in LAYER_PARAMETERS.items():
+        if lib.visualrwkv_params_per_layer(version) != len(names):
+            raise RuntimeError(f"rwkv_cpu.cpp and RWKV{version}_PARAMETERS disagree on the layer parameters")
     return lib
 
 
@@ -133,46 +164,109 @@ def rows_matmul(x: Tensor, w: Tensor) -> Tensor | None:
     return y.to(x.dtype).view(*x.shape[:-1], w.shape[1])
 
 
+def quantized_matmul(x: Tensor, codes: Tensor, scales: Tensor, bits: int, group_size: int) -> Tensor | None:
+    """fp32 rows x [..., in] times a quantized matrix in the GEMV layout (ops/quant.py: codes.t() and
+    scales.t() contiguous) by the compiled product: the fp32 product over the dequantized weights, up to
+    summation order. None where it does not apply (autograd, too many rows, another layout)."""
+    if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or codes.device.type != "cpu"
+            or not codes.t().is_contiguous() or not scales.t().is_contiguous() or scales.dtype != torch.float16
+            or bits not in (8, 4) or group_size <= 0 or group_size % 2 or x.shape[-1] % group_size
+            or (lib := library()) is None):
+        return None
+    out, in_features = codes.shape[0], x.shape[-1]
+    if not 0 < x.numel() <= MAX_ROWS * in_features or codes.shape[1] * (2 if bits == 4 else 1) != in_features:
+        return None
+    rows = x.reshape(-1, in_features).contiguous()
+    y = torch.empty(rows.shape[0], out)
+    arg = TensorArg(codes.data_ptr(), scales.data_ptr(), KINDS[bits], group_size)
+    lib.visualrwkv_matmul(rows.data_ptr(), rows.shape[0], ctypes.byref(arg), in_features, out, y.data_ptr(),
+                          torch.get_num_threads())
+    return y.view(*x.shape[:-1], out)
+
+
+_NULL = TensorArg(None, None, 0, 0)
+
+
+def _argument(owner, attribute: str, kind: str, shape: torch.Size) -> TensorArg | None:
+    """The kernel's view of one parameter, or None where the kernel cannot read it as it is."""
+    t = owner._parameters.get(attribute)
+    if t is None or t.device.type != "cpu":
+        return None
+    if kind == "linear":  # [out, in] values in [in, out] memory (the GEMV layout)
+        scales = getattr(owner, "weight_scales", None)
+        if scales is not None:  # a QuantizedLinear
+            bits, group = owner.bits, owner.group_size
+            width = shape[1] // 2 if bits == 4 else shape[1]
+            if (t.dtype != (torch.int8 if bits == 8 else torch.uint8) or t.shape != (shape[0], width)
+                    or not t.t().is_contiguous() or scales.dtype != torch.float16 or not scales.t().is_contiguous()
+                    or group <= 0 or group % 2 or shape[1] % group or scales.shape != (shape[0], shape[1] // group)):
+                return None
+            return TensorArg(t.data_ptr(), scales.data_ptr(), KINDS[bits], group)
+        if t.dtype not in WEIGHT_DTYPES or t.shape != shape or not t.t().is_contiguous():
+            return None
+    elif t.dtype not in WEIGHT_DTYPES or t.shape != shape or not t.is_contiguous():
+        return None
+    return TensorArg(t.data_ptr(), None, KINDS[t.dtype], 0)
+
+
 class _Pointers:
-    """Per model: where the step's parameters live. Which module holds each parameter is looked up once
-    per set of blocks (`get_parameter` costs ~10 us a name); the layout checks rerun only when a
-    parameter or its memory changed (`use_gemv_layout`, `.to()`, loading with assign=True)."""
+    """Per model: where the step's parameters live and how the kernel reads each. The modules holding
+    them are looked up once per set of blocks (`get_submodule` costs ~10 us a name), then re-read by
+    dict look-ups each step, so replaced modules (`set_precision`), new Parameters and new memory
+    (`use_gemv_layout`, `.to()`, loading with assign=True) are all seen; the checks rerun only then."""
 
     def __init__(self, model, blocks: tuple):
         self.blocks = blocks
-        # the shapes the kernel assumes, from the block definition itself (on the meta device: no memory)
+        cfg = model.config
+        names = LAYER_PARAMETERS[cfg.version]
+        # the shapes the kernel assumes, from the block definitions themselves (on the meta device: no memory)
         with torch.device("meta"):
-            shapes = dict(type(blocks[-1])(model.config, len(blocks) - 1).named_parameters())
-        self.slots = []  # (module, parameter name, whether it is an nn.Linear weight, expected shape)
-        for block in blocks:
-            for name in LAYER_PARAMETERS:
-                module, _, attribute = name.rpartition(".")
-                owner = block.get_submodule(module)
-                self.slots.append((owner, attribute, isinstance(owner, torch.nn.Linear), shapes[name].shape))
-        self.tensors: list[Tensor] = []
-        self.addresses: list[int] = []
-        self.found: tuple[ctypes.Array, torch.dtype] | None = None
+            shapes = {i: dict(type(blocks[i])(cfg, i).named_parameters()) for i in {0, len(blocks) - 1}}
+        # (module, child name, attribute, kind, expected shape): a linear layer is read as module._modules[child],
+        # which `set_precision` may replace; other parameters sit on `module` itself (child None)
+        self.slots = []
+        for i, block in enumerate(blocks):
+            layer_shapes = shapes[0 if i == 0 else len(blocks) - 1]
+            for name in names:
+                module_path, _, attribute = name.rpartition(".")
+                owner = block.get_submodule(module_path)
+                shape = layer_shapes[name].shape if name in layer_shapes else None  # None: not in this layer
+                if isinstance(owner, torch.nn.Linear) or hasattr(owner, "weight_scales"):
+                    parent_path, _, child = module_path.rpartition(".")
+                    self.slots.append((block.get_submodule(parent_path), child, attribute, "linear", shape))
+                else:
+                    self.slots.append((owner, None, attribute, "matrix" if name in LORA_MATRICES else "vector", shape))
+        self.key: list = []
+        self.found: ctypes.Array | None = None
 
-    def get(self) -> tuple[ctypes.Array, torch.dtype] | None:
-        tensors = [module._parameters[attribute] for module, attribute, _, _ in self.slots]
-        addresses = [t.data_ptr() for t in tensors]
-        if addresses != self.addresses or any(a is not b for a, b in zip(tensors, self.tensors)):
-            self.tensors, self.addresses = tensors, addresses
-            dtype = tensors[0].dtype
-            fits = dtype in WEIGHT_DTYPES and all(
-                t.dtype == dtype and t.device.type == "cpu" and t.shape == shape
-                and (t.t() if linear else t).is_contiguous() for t, (_, _, linear, shape) in zip(tensors, self.slots))
-            self.found = ((ctypes.c_void_p * len(addresses))(*addresses), dtype) if fits else None
+    def get(self) -> ctypes.Array | None:
+        owners = [module._modules[child] if child else module for module, child, _, _, _ in self.slots]
+        key = []
+        for owner, (_, _, attribute, kind, _) in zip(owners, self.slots):
+            t = owner._parameters.get(attribute)
+            scales = getattr(owner, "weight_scales", None) if kind == "linear" else None
+            key += [t, scales, None if t is None else t.data_ptr(), None if scales is None else scales.data_ptr()]
+        if len(key) != len(self.key) or any(a is not b if isinstance(a, Tensor) or a is None else a != b
+                                            for a, b in zip(key, self.key)):
+            self.key, self.found = key, None
+            args = []
+            for owner, (_, _, attribute, kind, shape) in zip(owners, self.slots):
+                arg = _NULL if shape is None else _argument(owner, attribute, kind, shape)
+                if arg is None:
+                    return None
+                args.append(arg)
+            self.found = (TensorArg * len(args))(*args)
         return self.found
 
 
 _pointers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def layer_pointers(model) -> tuple[ctypes.Array, torch.dtype] | None:
-    """The addresses of the parameters the step reads and their one dtype, or None if they are not all
-    fp32 or all bf16 CPU memory in the layout the step takes: nn.Linear weights input-major
-    (`RWKV.use_gemv_layout`), all else contiguous."""
+def layer_pointers(model) -> ctypes.Array | None:
+    """The kernel's view of every parameter the step reads (`TensorArg`s, layer by layer), or None if
+    one is not CPU memory of a kind and layout the step takes: linear layers fp32, bf16 or quantized in
+    the GEMV layout (`RWKV.use_gemv_layout`, ops/quant.py), every other parameter fp32 or bf16 and
+    contiguous. Kinds may differ from tensor to tensor."""
     blocks = tuple(model.blocks)
     cached = _pointers.get(model)
     if cached is None or len(cached.blocks) != len(blocks) or any(a is not b for a, b in zip(cached.blocks, blocks)):
@@ -180,19 +274,30 @@ def layer_pointers(model) -> tuple[ctypes.Array, torch.dtype] | None:
     return cached.get()
 
 
-def rwkv6_step(model, x: Tensor, state):
-    """One token [B, 1, C] through every layer of `model` (an RWKV) by the compiled step.
+def _vector(t: Tensor, C: int) -> TensorArg | None:
+    if t.device.type != "cpu" or t.dtype not in WEIGHT_DTYPES or not t.is_contiguous() or t.shape != (C,):
+        return None
+    return TensorArg(t.data_ptr(), None, KINDS[t.dtype], 0)
+
+
+def decode_step(model, x: Tensor, state):
+    """One token [B, 1, C] through every layer of `model` (an RWKV-6 or RWKV-7 `RWKV`) by the compiled step.
 
     Returns (hidden [B, 1, C] fp32, before ln_out; the new RWKVState, shifts in x's dtype), or None
-    where the step does not apply (an RWKV-7 model, autograd on, weights neither all fp32 nor all bf16 CPU memory in the
-    GEMV layout, x not in their dtype, more than MAX_ROWS rows). With bf16 weights the arithmetic and
-    the carried values stay fp32: the step is the fp32 step on the weights widened."""
+    where the step does not apply (autograd on, a parameter the kernel does not read as it is stored,
+    x not in the model's dtype or not fp32/bf16, more than MAX_ROWS rows, an RWKV-7 head size above
+    MAX_HEAD_SIZE_7). Whatever the weights, the arithmetic and the carried values stay fp32: the step
+    is the fp32 step on the weights widened (bf16) or dequantized (int8, int4)."""
     B, T, C = x.shape
-    if (T != 1 or B > MAX_ROWS or model.config.version != 6 or torch.is_grad_enabled() or x.device.type != "cpu"
-            or (lib := library()) is None or (found := layer_pointers(model)) is None or x.dtype != found[1]):
-        return None
-    pointers, dtype = found
     cfg = model.config
+    if (T != 1 or B > MAX_ROWS or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype not in WEIGHT_DTYPES
+            or x.dtype != model.dtype or (cfg.version == 7 and cfg.head_size > MAX_HEAD_SIZE_7)
+            or (lib := library()) is None or (pointers := layer_pointers(model)) is None):
+        return None
+    first = model.blocks[0]
+    ln0 = [_vector(first.ln0.weight, C), _vector(first.ln0.bias, C)]
+    if None in ln0:
+        return None
     if state is None:
         state = model.new_state(B)
     L, H, N = cfg.n_layer, cfg.n_head, cfg.head_size
@@ -200,16 +305,20 @@ def rwkv6_step(model, x: Tensor, state):
     if (state.att_shift.shape, state.wkv.shape, state.ffn_shift.shape) != expected:  # the kernel trusts these
         raise ValueError(f"state shapes {[tuple(t.shape) for t in (state.att_shift, state.wkv, state.ffn_shift)]} "
                          f"do not fit this model: expected {[list(s) for s in expected]}")
-    first, att = model.blocks[0], model.blocks[0].att
-    if (any(t.device.type != "cpu" for t in (state.att_shift, state.wkv, state.ffn_shift))
-            or any(t.dtype != dtype or not t.is_contiguous() or t.shape != (C,) for t in (first.ln0.weight, first.ln0.bias))):
+    if any(t.device.type != "cpu" for t in (state.att_shift, state.wkv, state.ffn_shift)):
         return None
+    if cfg.version == 7:
+        sizes = (cfg.decay_rank, cfg.a_rank, cfg.value_rank, cfg.gate_rank, cfg.dim_ffn)
+    else:
+        sizes = (cfg.mix_rank, cfg.decay_rank, cfg.dim_ffn)
     old = [t.float().contiguous() for t in (state.att_shift, state.wkv, state.ffn_shift)]  # the kernel reads fp32
     new = [torch.empty_like(t) for t in old]
     hidden = x.reshape(B, C).to(torch.float32, memory_format=torch.contiguous_format, copy=True)  # written in place
-    lib.visualrwkv_rwkv6_step(
-        WEIGHT_DTYPES[dtype], L, B, C, H, N, cfg.mix_rank, cfg.decay_rank, cfg.dim_ffn, pointers,
-        first.ln0.weight.data_ptr(), first.ln0.bias.data_ptr(), first.ln1.eps, att.ln_x.eps, hidden.data_ptr(),
-        *(t.data_ptr() for t in old), *(t.data_ptr() for t in new), torch.get_num_threads())
+    done = lib.visualrwkv_step(
+        cfg.version, L, B, C, H, N, (ctypes.c_int64 * len(sizes))(*sizes), pointers, (TensorArg * 2)(*ln0),
+        first.ln1.eps, first.att.ln_x.eps, hidden.data_ptr(), *(t.data_ptr() for t in old),
+        *(t.data_ptr() for t in new), torch.get_num_threads())
+    if done != 0:
+        return None
     att_shift, wkv, ffn_shift = new
-    return hidden.view(B, 1, C), type(state)(att_shift.to(dtype), wkv, ffn_shift.to(dtype))
+    return hidden.view(B, 1, C), type(state)(att_shift.to(x.dtype), wkv, ffn_shift.to(x.dtype))

@@ -20,9 +20,10 @@ its codes and their scales in address order: each scale row is read once per 32 
 group's sum over its rows is scaled once per column. The embedding is read by rows, so its codes
 are [vocab, C] (int4 [vocab, C/2]) and its scales [vocab, C/32] in row-major memory.
 
-Products here are PyTorch: the weight is widened (dequantized) tile by tile into fp32 (a few rows,
-decoding: exactly the dequantize-then-fp32 product, up to summation order) or into the GEMM dtype
-of `ops.linear.gemm_dtype` (prompts). The compiled CPU products that read the codes in place come later.
+Products: a few fp32 rows on CPU (decoding) go to the compiled product (`cpu_kernels.quantized_matmul`,
+also inside the compiled decode step), which reads the codes and scales in place: the
+dequantize-then-fp32 product up to summation order. Otherwise the weight is widened (dequantized)
+tile by tile into fp32 (a few rows) or into the GEMM dtype of `ops.linear.gemm_dtype` (prompts).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from . import cpu_kernels
 from .linear import tiled_linear
 
 GROUP_SIZE = 32
@@ -155,6 +157,9 @@ class QuantizedLinear(nn.Module):
         return dequantize(self.weight, self.weight_scales, self.bits, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        # a few rows (decoding, the head after the compiled step): the compiled product reads the codes in place
+        if (y := cpu_kernels.quantized_matmul(x, self.weight, self.weight_scales, self.bits, self.group_size)) is not None:
+            return y
         return tiled_linear(x, self.out_features,
                             lambda a, b, dtype: dequantize(self.weight[a:b], self.weight_scales[a:b], self.bits, dtype))
 

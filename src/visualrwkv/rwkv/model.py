@@ -319,7 +319,7 @@ class RWKV(nn.Module):
             raise ValueError(f"state has batch size {state.batch_size}, inputs have {x.shape[0]}")
         # a decoding step by the compiled C++ step (CPU), else by torch.compile if asked for, else eager;
         # each fast step returns None for what it does not take
-        stepped = cpu_kernels.rwkv6_step(self, x, state)
+        stepped = cpu_kernels.decode_step(self, x, state)
         if stepped is None and self.compiled_step is not None:
             stepped = self.compiled_step(x, state)
         x, new_state = stepped if stepped is not None else self.run_blocks(x, state)
