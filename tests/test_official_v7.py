@@ -148,3 +148,107 @@ def test_preprocessing_is_the_official_resize(tmp_path, official_vit):
         want = torch.from_numpy(((resized - mean) / std).transpose(2, 0, 1).copy())
         torch.testing.assert_close(inputs[name][0], want, atol=1e-6, rtol=0)
     assert (stack.image_size, stack.dinov2.image_size, stack.sam.image_size) == (32 * SIDE, 14 * SIDE, 32 * SIDE)
+
+
+# ---- a whole tiny VisualRWKV-v0700 checkpoint -------------------------------------------------------
+N_EMBD = 64
+
+
+def _full_checkpoint(official_vit, projector: str = "mlp") -> dict[str, torch.Tensor]:
+    from visualrwkv.testing import random_rwkv7_state_dict
+
+    g = torch.Generator().manual_seed(7)
+    width = 128 + 128 + 4 * 16
+    if projector == "mlp":
+        proj = {"proj.gate.weight": torch.randn(width, width, generator=g) / width ** 0.5,
+                "proj.o_proj.weight": torch.randn(N_EMBD, width, generator=g) / width ** 0.5,
+                "proj.ln_v.weight": 1 + 0.1 * torch.randn(N_EMBD, generator=g),
+                "proj.ln_v.bias": 0.1 * torch.randn(N_EMBD, generator=g)}
+    else:
+        proj = {"proj.weight": torch.randn(N_EMBD, width, generator=g) / width ** 0.5}
+    lm = random_rwkv7_state_dict(n_embd=N_EMBD, n_layer=2, seed=3)
+    return ({"rwkv." + k: v for k, v in lm.items()} | proj | {"vit." + k: v for k, v in official_vit.items()})
+
+
+@pytest.fixture(scope="module")
+def v0700_file(official_vit, tmp_path_factory):
+    path = tmp_path_factory.mktemp("v0700") / "VisualRWKV-v0700-tiny.pth"
+    sd = _full_checkpoint(official_vit)
+    torch.save(sd, path)
+    return path, sd
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pictures") / "p.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _logits(model, picture) -> torch.Tensor:
+    from visualrwkv.prompts import build_inference_prompt
+
+    ids = build_inference_prompt("What is it?", model.config.image_position, tokenizer=model.tokenizer)
+    return model.prefill(ids, [Image.open(picture)])[0]
+
+
+def test_full_checkpoint_loads_strictly_answers_converts_and_round_trips(v0700_file, picture, tmp_path, capsys):
+    from visualrwkv.cli import main
+    from visualrwkv.engine.engine import Engine, ImageInput
+    from visualrwkv.engine.sampling import SamplingParams
+    from visualrwkv.model import VisualRWKV
+
+    path, sd = v0700_file
+    model = VisualRWKV.from_pretrained(path)
+    cfg = model.config
+    assert (cfg.vision.kind, cfg.projector, cfg.rwkv.version, cfg.rwkv.n_embd, cfg.rwkv.n_layer) == \
+        ("stack", "mlp", 7, N_EMBD, 2)
+    assert (cfg.scanning, cfg.image_position) == ("unidirection", "first")
+    assert model.vit.num_tokens == SIDE * SIDE
+    reference = _logits(model, picture)
+    assert torch.isfinite(reference).all()
+
+    greedy = SamplingParams(temperature=0.0, presence_penalty=0.0, frequency_penalty=0.0, max_tokens=8)
+    with Engine(model, cache_bytes=0) as engine:
+        answer = engine.ask("What is it?", ImageInput.from_path(picture), (), greedy).result().text
+    assert isinstance(answer, str)
+
+    directory, exported = tmp_path / "converted", tmp_path / "again.pth"
+    assert main(["convert", str(path), str(directory)]) == 0
+    converted = VisualRWKV.from_pretrained(directory)
+    assert converted.config.to_dict() == model.config.to_dict() | {"vision": converted.config.vision.to_dict()}
+    assert torch.equal(_logits(converted, picture), reference)
+    flags = ["--temperature", "0", "--presence-penalty", "0", "--frequency-penalty", "0", "--max-tokens", "8"]
+    capsys.readouterr()
+    assert main(["ask", "--model", str(directory), "--image", str(picture), *flags, "What is it?"]) == 0
+    assert capsys.readouterr().out == answer + "\n"
+
+    assert main(["convert", str(directory), str(exported)]) == 0
+    back = torch.load(exported, weights_only=True)
+    assert sorted(back) == sorted(sd)
+    for key, value in sd.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
+    assert torch.equal(_logits(VisualRWKV.from_pretrained(exported), picture), reference)
+
+
+def test_linear_projector_and_errors_name_the_key(official_vit, tmp_path):
+    from visualrwkv.model import VisualRWKV
+
+    sd = _full_checkpoint(official_vit, projector="linear")
+    path = tmp_path / "VisualRWKV-v0700-linear.pth"
+    torch.save(sd, path)
+    assert VisualRWKV.from_pretrained(path).config.projector == "linear"
+
+    wrong = dict(sd) | {"proj.weight": torch.zeros(N_EMBD, 300)}
+    torch.save(wrong, path)
+    with pytest.raises(CheckpointError, match=r"projector takes 300-d features.*give 320"):
+        VisualRWKV.from_pretrained(path)
+    wrong = {k: v for k, v in sd.items() if k != "vit.siglip_featurizer.blocks.2.mlp.fc2.bias"}
+    torch.save(wrong, path)
+    with pytest.raises(CheckpointError, match=r"vit\.siglip_featurizer\.blocks\.2\.mlp\.fc2\.bias"):
+        VisualRWKV.from_pretrained(path)
+    wrong = {k: v for k, v in sd.items() if k != "rwkv.blocks.1.att.k_k"}
+    torch.save(wrong, path)
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.att\.k_k"):
+        VisualRWKV.from_pretrained(path)

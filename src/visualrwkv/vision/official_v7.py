@@ -371,9 +371,10 @@ def import_v7(rwkv_config, lm_sd: Tensors, proj_sd: Tensors, vit_sd: Tensors, so
     return model
 
 
-def official_state_dict(model) -> Tensors:
+def official_state_dict(model, dtype: torch.dtype | None = None) -> Tensors:
     """A VisualRWKV (v6.0 CLIP or v7.00 stack) as the official full checkpoint: `rwkv.*`, `proj.*`, `vit.*`
-    in the official names, each tensor in the dtype it has here (a quantized LM cannot be exported)."""
+    in the official names; every float tensor in `dtype` (the official files are all one dtype) or, with
+    None, in the dtype it has here. A quantized LM cannot be exported."""
     from ..rwkv import precision
     from .hf_encoders import ClipEncoder
     from .stack import StackEncoder
@@ -389,14 +390,15 @@ def official_state_dict(model) -> Tensors:
     out = dict(model.rwkv.state_dict(prefix="rwkv."))
     out.update(model.proj.state_dict(prefix="proj."))
     out.update({"vit." + k: v for k, v in vit.items() if not k.endswith("position_ids")})
-    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in out.items()}
 
 
-def save_official(model, path) -> int:
-    """Write `official_state_dict(model)` as a `.pth` (atomically); returns the number of tensors."""
+def save_official(model, path, dtype: torch.dtype | None = None) -> int:
+    """Write `official_state_dict(model, dtype)` as a `.pth` (atomically); returns the number of tensors."""
     from ..utils import atomic_write
 
-    state = official_state_dict(model)
+    state = official_state_dict(model, dtype)
     with atomic_write(path, "wb") as f:
         torch.save(state, f)
     return len(state)
