@@ -252,3 +252,25 @@ def test_linear_projector_and_errors_name_the_key(official_vit, tmp_path):
     torch.save(wrong, path)
     with pytest.raises(CheckpointError, match=r"blocks\.1\.att\.k_k"):
         VisualRWKV.from_pretrained(path)
+
+
+def _round_trip(sd, tmp_path, name):
+    """official .pth -> official .pth through `convert --dtype bfloat16`: the same keys and tensors."""
+    from visualrwkv.cli import main
+
+    src, out = tmp_path / name, tmp_path / ("again-" + name)
+    torch.save(sd, src)
+    assert main(["convert", str(src), str(out), "--dtype", "bfloat16"]) == 0
+    back = torch.load(out, weights_only=True)
+    assert sorted(back) == sorted(sd)
+    for key, value in sd.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
+
+
+def test_bf16_files_round_trip_for_v0700_and_v060(official_vit, tmp_path):
+    from test_model_checkpoints import official_state_dict as v060_state_dict
+
+    v0700 = {k: v.to(torch.bfloat16) for k, v in _full_checkpoint(official_vit).items()}
+    _round_trip(v0700, tmp_path, "VisualRWKV-v0700-tiny.pth")
+    v060 = {k: v for k, v in v060_state_dict(torch.bfloat16).items() if not k.endswith("position_ids")}
+    _round_trip(v060, tmp_path, "VisualRWKV-v060-tiny.pth")  # (the optional CLIP position_ids buffer is not written)
