@@ -9,6 +9,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # GPU. Elsewhere set TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu) or TORCH_SPEC.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# Test oracles for the v7.00 weight remap (tests/test_official_v7.py). --no-deps: their torchvision
+# dependency cannot load on a CPU-only torch; the tests stand it in (tests/torchvision_standin.py).
+TEST_ORACLES := timm==1.0.31 segment-anything==1.0
 
 .PHONY: install demo test bench mutation mutation-mutmut clean
 
@@ -16,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e ".[dev,serve,webui,bench]"
+	$(PIP) install -q --no-deps $(TEST_ORACLES)
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,4 +1,5 @@
-"""`visualrwkv convert SRC OUT`: official checkpoints → our formats.
+"""`visualrwkv convert SRC OUT`: official checkpoints → our formats, and back (OUT ending in `.pth`:
+the official full-checkpoint layout, vision/official_v7.py).
 
 A VisualRWKV checkpoint becomes a model directory (config.json + model.safetensors); a language model
 alone (`RWKV-x060-World-*.pth`, `RWKV-x070-World-*.pth`) becomes one `.safetensors` file with its
@@ -43,6 +44,15 @@ def run(args) -> int:
 
     from .model import VisualRWKV
 
+    if str(args.out).endswith(".pth"):  # back to the official full-checkpoint layout
+        import torch
+
+        from .vision.official_v7 import save_official
+
+        model = VisualRWKV.from_pretrained(args.src)
+        count = save_official(model, args.out, getattr(torch, dtype) if dtype else None)
+        print(f"wrote {args.out}: {count} tensors in the official layout (rwkv.*, proj.*, vit.*)")
+        return 0
     model = VisualRWKV.from_pretrained(args.src, dtype=dtype)
     model.save_pretrained(args.out, dtype=dtype)
     cfg = model.config
@@ -78,11 +88,12 @@ def run_quantize(args) -> int:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("convert", help="convert an official VisualRWKV or RWKV checkpoint to the visualrwkv format")
-    p.add_argument("src", help="VisualRWKV-v060-*.pth, {name}_rwkv.pth with {name}_visual.pth beside it, "
+    p.add_argument("src", help="VisualRWKV-v060-*.pth or VisualRWKV-v0700-*.pth, {name}_rwkv.pth with {name}_visual.pth beside it, "
                                "a training step folder (step-N: its trained parameters on the run's init), "
                                "or a language model alone (RWKV-x060/x070-World-*.pth)")
     p.add_argument("out", help="output directory (config.json + model.safetensors); for a language model alone, "
-                               "a .safetensors file")
+                               "a .safetensors file; a name ending in .pth: the official full-checkpoint layout "
+                               "(rwkv.*, proj.*, vit.*) of a VisualRWKV model")
     p.add_argument("--dtype", choices=sorted(DTYPES),
                    help="store the language model's large matrices and the vision side in this dtype, the rest of "
                         "the language model in float32 (default: as loaded, float32)")

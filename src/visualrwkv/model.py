@@ -30,6 +30,7 @@ from .rwkv.tokenizer import Tokenizer
 from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, scan_permutation
 from .utils import atomic_save_file, atomic_write
 from .vision.encoders import VisionConfig, build_encoder, clip_config_from_state_dict
+from .vision import official_v7
 from .vision.hf_encoders import official_clip_keys
 from .prompts import PROMPT_FORMATS
 from .vision.projector import build_projector, infer_projector
@@ -443,7 +444,7 @@ def portable_vision_config(encoder: nn.Module, config: VisionConfig) -> VisionCo
         return VisionConfig("tiny", tiny=encoder.config, dtype=config.dtype)
     if config.kind == "stack":
         parts = {name: portable_vision_config(part, getattr(config, name) or VisionConfig(name, hf_config={}))
-                 for name, part in encoder.components}
+                 for name, part in encoder.components()}
         return VisionConfig("stack", dtype=config.dtype, **parts)
     hf_config = {k: v for k, v in encoder.hf_model.config.to_dict().items()
                  if k not in ("transformers_version", "architectures", "_name_or_path", "model_type", "torch_dtype", "dtype")}
@@ -452,8 +453,9 @@ def portable_vision_config(encoder: nn.Module, config: VisionConfig) -> VisionCo
 
 
 def import_official(path: str | os.PathLike) -> VisualRWKV:
-    """An official v6.0 checkpoint: the full `VisualRWKV-v060-*.pth` (keys rwkv./proj./vit.) or the
-    exported pair `{name}_rwkv.pth` + `{name}_visual.pth`. Everything is inferred from shapes."""
+    """An official checkpoint: the full `VisualRWKV-v060-*.pth` or `VisualRWKV-v0700-*.pth` (keys
+    rwkv./proj./vit.) or the exported pair `{name}_rwkv.pth` + `{name}_visual.pth`. Everything is
+    inferred from shapes; the v7.00 vision stack is remapped by vision/official_v7.py."""
     path = Path(path)
     if path.name.endswith("_rwkv.pth") or path.name.endswith("_visual.pth"):
         stem = path.name.rsplit("_", 1)[0]
@@ -473,9 +475,11 @@ def import_official(path: str | os.PathLike) -> VisualRWKV:
     rwkv_config = config_from_state_dict(lm_sd)
     lm_sd = drop_ignored_keys(lm_sd, source)
     proj_sd = strip_prefix(sd, "proj.")
-    vit_sd = official_clip_keys(strip_prefix(sd, "vit."))  # also the transformers >= 5 `vit.embeddings.*` layout
     if not proj_sd:
         raise CheckpointError(f"{source}: no 'proj.' keys")
+    if official_v7.is_official_v7(strip_prefix(sd, "vit.")):
+        return official_v7.import_v7(rwkv_config, lm_sd, proj_sd, strip_prefix(sd, "vit."), source)
+    vit_sd = official_clip_keys(strip_prefix(sd, "vit."))  # also the transformers >= 5 `vit.embeddings.*` layout
     if not any(k.startswith("vision_model.") for k in vit_sd):
         raise CheckpointError(f"{source}: the vision tower is not an HF CLIP state dict under 'vit.vision_model.' "
                               "(only the v6.0 CLIP layout can be imported)")
