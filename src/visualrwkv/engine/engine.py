@@ -458,6 +458,11 @@ class Engine:
                 self._closing = True  # a loop that ended (even by a bug) must not take new work
             self._fail_everything(EngineClosedError("the engine stopped before this request finished"))
 
+    def _cache_id(self) -> str:
+        """The model as the cache keys name it: its id, and its merged adapter and initial state if any
+        (`VisualRWKV.cache_tag`), so that states from two state files are never mixed up."""
+        return self.model_id + getattr(self.model, "cache_tag", "")
+
     def _admit(self, request: _Request) -> None:
         """Resume the prompt from the longest cached checkpoint and plan the chunks of the rest."""
         prompt = request.prompt
@@ -465,7 +470,7 @@ class Engine:
             digest = prompt.image.digest if prompt.image is not None else None
             ids = prompt.ids
             points = [c for c in prompt.checkpoints if 0 < c < len(ids)] + [len(ids)]
-            keys = dict(zip(points, make_prefix_keys(digest, ids, points, self.model_id)))
+            keys = dict(zip(points, make_prefix_keys(digest, ids, points, self._cache_id())))
             job = _Prefill(request, collections.deque(), keys, 0, 0)
             for b in reversed(points):
                 entry = self._cache.get(keys[b])
@@ -660,7 +665,7 @@ class Engine:
             return
         prompt = row.request.prompt
         digest = prompt.image.digest if prompt.image is not None else None
-        key = make_key(digest, prompt.ids + row.generated, self.model_id)
+        key = make_key(digest, prompt.ids + row.generated, self._cache_id())
         # the batch state of this row has consumed every generated token (the stop token is never fed)
         self._cache.put(key, _PrefixEntry(self._state.select(index), self._logits[index]))
 
