@@ -61,6 +61,7 @@ def add_lora(model: nn.Module, config) -> list[str]:
     from peft import inject_adapter_in_model
 
     inject_adapter_in_model(config, model)
+    _layers_replaced(model)
     trained = []
     for name, p in model.named_parameters():
         p.requires_grad_(".lora_A." in name or ".lora_B." in name)
@@ -152,7 +153,17 @@ def merge_lora(model: nn.Module) -> nn.Module:
             setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
     if hasattr(model, "peft_config"):
         del model.peft_config
+    _layers_replaced(model)
     return model
+
+
+def _layers_replaced(model: nn.Module) -> None:
+    """The compiled CPU step caches where each layer's weights are: it must look again."""
+    from ..ops.cpu_kernels import forget_layers
+
+    for module in model.modules():
+        if hasattr(module, "blocks"):
+            forget_layers(module)
 
 
 def adapter_digest(directory: str | os.PathLike) -> str:

@@ -154,7 +154,10 @@ class _Pointers:
         self.found: tuple[ctypes.Array, torch.dtype] | None = None
 
     def get(self) -> tuple[ctypes.Array, torch.dtype] | None:
-        tensors = [module._parameters[attribute] for module, attribute, _, _ in self.slots]
+        tensors = [module._parameters.get(attribute) for module, attribute, _, _ in self.slots]
+        if any(t is None for t in tensors):  # a layer wrapped by an unmerged LoRA adapter: the PyTorch path
+            self.tensors, self.addresses, self.found = [], [], None
+            return None
         addresses = [t.data_ptr() for t in tensors]
         if addresses != self.addresses or any(a is not b for a, b in zip(tensors, self.tensors)):
             self.tensors, self.addresses = tensors, addresses
@@ -167,6 +170,11 @@ class _Pointers:
 
 
 _pointers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def forget_layers(model) -> None:
+    """Drop what is known of `model`'s layers, after they were replaced (adding or merging a LoRA adapter)."""
+    _pointers.pop(model, None)
 
 
 def layer_pointers(model) -> tuple[ctypes.Array, torch.dtype] | None:
