@@ -292,7 +292,11 @@ class Trainer:
         while True:
             order = self.sampler.shard(epoch)[position:]
             step = []
-            for batch in DataLoader(self.dataset, sampler=order.tolist(), **self.loader_kwargs):
+            # its own generator: a loader draws its base seed when it starts, which from the global RNG
+            # would shift every later random draw (LoRA dropout) of a resumed run against a straight one
+            loader = DataLoader(self.dataset, sampler=order.tolist(), generator=torch.Generator().manual_seed(epoch),
+                                **self.loader_kwargs)
+            for batch in loader:
                 position += len(batch["ids"])
                 step.append(batch)
                 if len(step) == self.cfg.grad_accum:
