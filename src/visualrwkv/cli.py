@@ -23,6 +23,7 @@ COMMANDS = {
     "eval": ("visualrwkv.eval.cli", "benchmarks: run a model on one, score predictions, build fixtures"),
     "convert": ("visualrwkv.convert", "convert an official VisualRWKV or RWKV checkpoint to the visualrwkv format"),
     "quantize": ("visualrwkv.convert", "store the language model's large matrices as int8 or int4"),
+    "merge": ("visualrwkv.adapters.cli", "fold a LoRA adapter into its base model: a standalone model folder"),
     "data": ("visualrwkv.data.cli", "dataset tools"),
     "bench": ("visualrwkv.bench.cli", "speed and memory benchmarks"),
 }

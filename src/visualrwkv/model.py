@@ -127,6 +127,9 @@ class VisualRWKV(nn.Module):
         self.vit = vit if vit is not None else build_encoder(config.vision)
         self.proj = build_projector(config.projector, self.vit.hidden_size, config.rwkv.n_embd)
         self._tokenizer: Tokenizer | None = None
+        # a trained initial state (adapters/state.py) every sequence starts from instead of zeros
+        self.state_tuning = None
+        self.adapter_tag = ""  # names a LoRA adapter merged at load, for the engine's cache keys
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -137,6 +140,13 @@ class VisualRWKV(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.rwkv.device
+
+    @property
+    def cache_tag(self) -> str:
+        """What besides the weights file changes the model's states: a merged adapter, an initial state.
+        The engine's prefix-cache keys include it, so two state files never share a cached prefix."""
+        state = f"+state:{self.state_tuning.digest}" if self.state_tuning is not None else ""
+        return self.adapter_tag + state
 
     @property
     def text_only_positions(self) -> int:
@@ -233,6 +243,8 @@ class VisualRWKV(nn.Module):
         """The blocks over spliced embeddings [B, T, C], each layer reading the image spans in its
         scan order; returns (final hidden states [B, T, C], state)."""
         T = x.shape[1]
+        if state is None and self.state_tuning is not None:  # a sequence starts from the tuned state
+            state = self.state_tuning.initial(x.shape[0], self.rwkv.dtype)
         orders: dict[tuple[bool, bool], tuple[Tensor | None, Tensor | None]] = {}
         layers, v_first = [], None  # v_first: RWKV-7's value residual, kept in token order between layers
         for i, block in enumerate(self.rwkv.blocks):
@@ -340,6 +352,8 @@ class VisualRWKV(nn.Module):
         lm = precision.stored_state_dict(self.rwkv, dtype, prefix="rwkv.")
         tensors = {}
         for k, v in self.state_dict().items():
+            if k.startswith("state_tuning."):  # a state travels in its own file (adapters/state.py)
+                continue
             if k in lm:
                 v = lm[k]
             elif dtype is not None and v.is_floating_point():
@@ -367,7 +381,9 @@ class VisualRWKV(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: str | torch.dtype | None = None,
                         device: str | torch.device = "cpu", *, revision: str | None = None,
-                        filename: str | None = None, download: bool = False) -> "VisualRWKV":
+                        filename: str | None = None, download: bool = False,
+                        adapter: str | os.PathLike | None = None,
+                        state: str | os.PathLike | None = None) -> "VisualRWKV":
         """Our directory format, an official full `VisualRWKV-v060-*.pth`, or an exported
         `*_rwkv.pth` (with its `*_visual.pth` beside it); given by path, by a shipped model's name
         ("tiny"), or by Hub id (`org/name[@revision][/file]`, read from the huggingface_hub cache and
@@ -375,7 +391,10 @@ class VisualRWKV(nn.Module):
 
         `dtype`: a torch float dtype or one of `precision.PRECISIONS`: the LM's large matrices in it
         (int8/int4: quantized, from a float file on load), the rest of the LM fp32, the vision tower and
-        projector in the float dtype (fp32 for int8/int4); None: float32, or a quantized file's format."""
+        projector in the float dtype (fp32 for int8/int4); None: float32, or a quantized file's format.
+
+        `adapter`: a LoRA adapter folder (PEFT format), merged into the float weights before `dtype`
+        applies; `state`: a state-tuning file, the initial state of every sequence (adapters/)."""
         path = hub.resolve_model(path, revision=revision, filename=filename, download=download)
         lm_sd: dict[str, Tensor] = {}
         if path.is_dir():
@@ -384,7 +403,8 @@ class VisualRWKV(nn.Module):
                 from .train.checkpoint import is_step_checkpoint, load_step_model
 
                 if is_step_checkpoint(path):  # a training run's step-N folder
-                    return load_step_model(path).set_precision(precision.resolve(dtype, {})).to(device=device).eval()
+                    model = _with_adapters(load_step_model(path), adapter, state)
+                    return model.set_precision(precision.resolve(dtype, {})).to(device=device).eval()
                 raise FileNotFoundError(f"{path} has no {CONFIG_NAME}: not a visualrwkv model directory")
             weights = path / WEIGHTS_NAME
             shapes = read_tensor_shapes(weights)  # the header alone
@@ -405,6 +425,7 @@ class VisualRWKV(nn.Module):
             _load_strict(model, sd, str(weights))
         else:
             model = import_official(path)
+        model = _with_adapters(model, adapter, state)
         return model.set_precision(precision.resolve(dtype, lm_sd)).to(device=device).eval()
 
     def set_precision(self, dtype: str | torch.dtype) -> "VisualRWKV":
@@ -415,6 +436,23 @@ class VisualRWKV(nn.Module):
         self.proj.to(precision.float_dtype(name))
         precision.set_precision(self.rwkv, name)
         return self
+
+
+def _with_adapters(model: VisualRWKV, adapter, state) -> VisualRWKV:
+    """`model` with a LoRA adapter merged into its weights and/or an initial state attached."""
+    if adapter is not None:
+        from .adapters.lora import adapter_digest, load_lora, merge_lora
+
+        if precision.current_precision(model.rwkv) in precision.QUANTIZED:
+            raise ValueError(f"--adapter {adapter}: the model is stored quantized; merge the adapter into its "
+                             "float weights (`visualrwkv merge`), then quantize")
+        merge_lora(load_lora(model, adapter))
+        model.adapter_tag += f"+adapter:{adapter_digest(adapter)}"
+    if state is not None:
+        from .adapters.state import load_state
+
+        model.state_tuning = load_state(state, model.config.rwkv)
+    return model
 
 
 def _load_strict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:

@@ -271,12 +271,30 @@ def ask_position(scene: Scene, rng, want_yes: bool) -> QA | None:
     return None
 
 
+CORNER_QUESTIONS = ("In which corner of the image is the {}?", "Which corner is the {} in?")
+CORNER_MARGIN = 0.1  # the centre at least this far from both middle lines: the corner is clear-cut
+
+
+def ask_corner(scene: Scene, rng, want_yes: bool) -> QA | None:
+    """Which corner a shape is in ("Top left"): a question type the shipped model never saw, for
+    fine-tuning experiments (`extra_types`; docs/training.md). Its captions say the same in words."""
+    clear = [s for s in scene.shapes if min(abs(s.x - 0.5), abs(s.y - 0.5)) >= CORNER_MARGIN]
+    if not clear:
+        return None
+    s = _pick(rng, clear)
+    return QA(_pick(rng, CORNER_QUESTIONS).format(s.name), quadrant(s).capitalize(), "corner")
+
+
+# question types that the shipped data does not ask (a dataset asks them only when told to)
+EXTRA_QUESTION_TYPES = ("corner",)
+
 ASKERS = {
     "color": ask_color,
     "shape": ask_shape,
     "count": ask_count,
     "position": ask_position,
     "existence": ask_existence,
+    "corner": ask_corner,
 }
 
 
@@ -293,13 +311,14 @@ class QuestionBalancer:
     support are skipped, so counts differ by at most a little.
     """
 
-    def __init__(self, weights: dict[str, float] | None = None) -> None:
-        self.weights = {t: 1.0 for t in QUESTION_TYPES} | dict(weights or {})
-        self.type_counts = {t: 0 for t in QUESTION_TYPES}
-        self.yes_no = {t: {"Yes": 0, "No": 0} for t in QUESTION_TYPES}
+    def __init__(self, weights: dict[str, float] | None = None, types: tuple[str, ...] = QUESTION_TYPES) -> None:
+        self.types = tuple(types)
+        self.weights = {t: 1.0 for t in self.types} | dict(weights or {})
+        self.type_counts = {t: 0 for t in self.types}
+        self.yes_no = {t: {"Yes": 0, "No": 0} for t in self.types}
 
     def questions(self, scene: Scene, rng: np.random.Generator, n: int) -> list[QA]:
-        order = sorted(QUESTION_TYPES, key=lambda t: (self.type_counts[t] / self.weights[t], rng.random()))
+        order = sorted(self.types, key=lambda t: (self.type_counts[t] / self.weights[t], rng.random()))
         out: list[QA] = []
         for qtype in order:
             if len(out) == n:
@@ -342,6 +361,8 @@ def generate_shapes_dataset(
     image_size: int = 64,
     seed: int = 0,
     questions_per_image: int = 3,
+    extra_types: tuple[str, ...] = (),
+    train_weights: dict[str, float] | None = None,
 ) -> dict:
     """Write images and LLaVA JSON under `out_dir`; `image` paths are relative to `out_dir`.
 
@@ -351,15 +372,20 @@ def generate_shapes_dataset(
     stage2_multiturn.json and test_multiturn.json hold stage2.json's and test.json's questions again,
     one conversation per image (in the same order, so each question after the first is a follow-up),
     with a `question_type` list.
-    scenes.json keeps the scene of every image, for checking answers.
+    scenes.json keeps the scene of every image, for checking answers. `extra_types` adds question
+    types of EXTRA_QUESTION_TYPES; `train_weights` replaces the training split's type weights.
     """
+    unknown = sorted(set(extra_types) - set(EXTRA_QUESTION_TYPES))
+    if unknown:
+        raise ValueError(f"extra_types: {unknown} are not extra question types ({', '.join(EXTRA_QUESTION_TYPES)})")
+    types = QUESTION_TYPES + tuple(extra_types)
     integer_args = (("num_train_images", num_train_images, 1), ("num_test_images", num_test_images, 0), ("seed", seed, 0))
     for name, value, low in integer_args:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if not isinstance(image_size, int) or not 32 <= image_size <= 1024:
         raise ValueError(f"image_size must be an integer in [32, 1024], got {image_size!r}")
-    max_questions = len(QUESTION_TYPES)
+    max_questions = len(types)
     if not isinstance(questions_per_image, int) or not 1 <= questions_per_image <= max_questions:
         raise ValueError(
             f"questions_per_image must be an integer in [1, {max_questions}], got {questions_per_image!r}"
@@ -373,7 +399,8 @@ def generate_shapes_dataset(
 
     for split, count in (("train", num_train_images), ("test", num_test_images)):
         rng = np.random.default_rng([seed, 0 if split == "train" else 1])
-        balancer = QuestionBalancer(TRAIN_TYPE_WEIGHTS if split == "train" else None)
+        weights = (TRAIN_TYPE_WEIGHTS if train_weights is None else train_weights) if split == "train" else None
+        balancer = QuestionBalancer(weights, types)
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
             scene = random_scene(rng)

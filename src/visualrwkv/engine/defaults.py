@@ -17,19 +17,21 @@ DEFAULT_MODEL_DIR = hub.TINY_MODEL
 
 def load_model(path: str | os.PathLike | None = None, *, dtype: str | torch.dtype | None = None,
                device: str | torch.device = "cpu", compile: bool = False, download: bool = False,
-               text_only_layout: str | None = None) -> VisualRWKV:
+               text_only_layout: str | None = None, adapter: str | os.PathLike | None = None,
+               state: str | os.PathLike | None = None) -> VisualRWKV:
     """The model `path` names (a visualrwkv directory, an official checkpoint, "tiny" or a Hub id;
     see visualrwkv.hub), else the default; `dtype` as in `VisualRWKV.from_pretrained`
     (rwkv/precision.py); `compile`: decode with torch.compile where the compiled
     CPU step does not apply (`RWKV.compile_step`); `download`: fetch a Hub id that is not cached;
-    `text_only_layout`: overrides the model config's layout of prompts without an image."""
+    `text_only_layout`: overrides the model config's layout of prompts without an image; `adapter`, `state`:
+    a LoRA adapter merged at load and an initial state (`VisualRWKV.from_pretrained`)."""
     device = check_device(device)  # before the (slow) load
     name = path if path is not None else hub.default_model()
     if name == "tiny" and not (DEFAULT_MODEL_DIR / CONFIG_NAME).is_file():
         raise FileNotFoundError(
             f"no default model at {DEFAULT_MODEL_DIR}: run `visualrwkv train --config tiny` or pass --model PATH")
     model = VisualRWKV.from_pretrained(DEFAULT_MODEL_DIR if name == "tiny" else name, dtype=dtype, device=device,
-                                       download=download)
+                                       download=download, adapter=adapter, state=state)
     if text_only_layout is not None:
         model.config.text_only_layout = text_only_layout
         model.config.__post_init__()  # validates the name

@@ -404,7 +404,7 @@ class Engine:
         if self.tokenizer.encode(" " + normalize_value(text) + "\n\n") != row.generated + [STOP_TOKEN_INDEX]:
             return
         prompt = row.request.prompt
-        key = make_key(prompt.digests, prompt.ids + row.generated, self.model_id)
+        key = make_key(prompt.digests, prompt.ids + row.generated, self._prefiller.cache_id())
         # the batch state of this row has consumed every generated token (the stop token is never fed)
         self._cache.put(key, PrefixEntry(self._state.select(index), self._logits[index]))
 

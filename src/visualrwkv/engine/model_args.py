@@ -24,6 +24,12 @@ def add_model_arguments(p, what: str = "a model folder, an official .pth, \"tiny
     p.add_argument("--compile", action="store_true",
                    help="decode with torch.compile where the compiled CPU step does not apply (a GPU, more than "
                         "16 rows, float16); compiles on first use, falls back to eager with a warning")
+    p.add_argument("--adapter", metavar="DIR",
+                   help="a LoRA adapter folder (PEFT format, from `visualrwkv train --config finetune-lora`), merged "
+                        "into the weights at load, so decoding runs at the base model's speed")
+    p.add_argument("--state", metavar="FILE",
+                   help="a state-tuning file (from `visualrwkv train --config finetune-state`): every prompt starts "
+                        "from this trained initial state")
     p.add_argument("--text-only-layout", choices=TEXT_ONLY_LAYOUTS,
                    help="prompts without an image: image-slot = the official v6.0 layout (the image's place holds "
                         "zero vectors, scanned like an image; what the released v6.0 models were trained with), "
@@ -34,4 +40,5 @@ def load_model_from_args(args):
     from .defaults import load_model
 
     return load_model(args.model, dtype=args.dtype, device=args.device, compile=args.compile,
-                      text_only_layout=getattr(args, "text_only_layout", None), download=getattr(args, "download", False))
+                      text_only_layout=getattr(args, "text_only_layout", None), download=getattr(args, "download", False),
+                      adapter=getattr(args, "adapter", None), state=getattr(args, "state", None))

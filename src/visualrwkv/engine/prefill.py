@@ -66,6 +66,11 @@ class Prefiller:
         self.model_id = model_id
         self.prefill_chunk = prefill_chunk
 
+    def cache_id(self) -> str:
+        """The model as the cache keys name it: its id, and its merged adapter and initial state if any
+        (`VisualRWKV.cache_tag`), so that states from two state files are never mixed up."""
+        return self.model_id + getattr(self.model, "cache_tag", "")
+
     def count_prompt_tokens(self, prompt: ChatPrompt) -> int:
         """Positions the prompt occupies: text tokens plus the image vectors (or the text-only image slot)."""
         return self.prompt_positions(prompt, len(prompt.ids))
@@ -84,7 +89,7 @@ class Prefiller:
         points = [c for c in prompt.checkpoints if 0 < c < len(ids)] + [len(ids)]
         # every key names all the prompt's images, in order: two prompts that share an image (or the
         # same images in another order) never share a state
-        keys = dict(zip(points, make_prefix_keys(prompt.digests, ids, points, self.model_id)))
+        keys = dict(zip(points, make_prefix_keys(prompt.digests, ids, points, self.cache_id())))
         job = PrefillJob(request, collections.deque(), keys, 0, 0)
         for b in reversed(points):
             entry = self.cache.get(keys[b])

@@ -262,6 +262,11 @@ class _Pointers:
 _pointers: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def forget_layers(model) -> None:
+    """Drop what is known of `model`'s layers, after they were replaced (adding or merging a LoRA adapter)."""
+    _pointers.pop(model, None)
+
+
 def layer_pointers(model) -> ctypes.Array | None:
     """The kernel's view of every parameter the step reads (`TensorArg`s, layer by layer), or None if
     one is not CPU memory of a kind and layout the step takes: linear layers fp32, bf16 or quantized in

@@ -145,10 +145,13 @@ def load_step_model(path: str | os.PathLike):
                                 f"{cfg.init}, which {why_missing(cfg.init)} (run from the folder the training ran in)")
     torch.manual_seed(cfg.seed)  # a new model's frozen parameters are its seeded initialisation
     model = build_model(cfg, "cpu")
+    from ..adapters.training import for_inference, setup_trainable
+
+    setup_trainable(model, cfg)  # a LoRA or state-tuning run's step: its adapter's parameters exist
     trained = read_state_dict(path / "trainable.safetensors")
     own = model.state_dict()
     wrong = sorted(k for k, v in trained.items() if k not in own or own[k].shape != v.shape)
     if wrong:
         raise ValueError(f"{path}: trained parameters that do not fit the run's model: {wrong[:5]}")
     model.load_state_dict(trained, strict=False)
-    return model.eval()
+    return for_inference(model).eval()

@@ -97,7 +97,7 @@ def run(args) -> int:
             previous = pretrain_tiny_vision(cfg)
         else:
             previous = Trainer(cfg).train()
-    print(f"model written to {previous}")
+    print(f"{'adapter' if stages[-1].adapter else 'model'} written to {previous}")
     return 0
 
 

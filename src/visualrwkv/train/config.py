@@ -16,6 +16,12 @@ PRECISIONS = ("fp32", "bf16")
 DISTRIBUTED = ("ddp", "fsdp")
 LM_STAGE2 = ["rwkv.blocks.*", "rwkv.ln_out.*", "rwkv.head.*", "proj.*"]
 # what the `finetune` preset sets from the dataset's size and the model (see `fit_to_data`)
+# the learning rate `fit` sets, times the plain fine-tune's: adapters start at zero and move few
+# parameters, so they take larger steps (measured on the shapes experiment, docs/training.md)
+ADAPTER_LR_SCALE = {"": 1.0, "lora": 5.0, "state": 50.0}
+# the default LoRA targets (adapters/lora.py), repeated to keep this module free of torch imports
+LORA_TARGETS = [f"rwkv.blocks.*.att.{n}" for n in ("receptance", "key", "value", "gate", "output")] + \
+    [f"rwkv.blocks.*.ffn.{n}" for n in ("key", "receptance", "value")] + ["proj", "proj.*"]
 FITTED = ("micro_batch_size", "grad_accum", "epochs", "lr", "lr_final", "warmup_steps", "ctx_len", "image_position")
 
 
@@ -65,6 +71,17 @@ class TrainConfig:
                           group="model", factory=lambda: ["*"])
     grad_checkpointing: bool = opt(False, "recompute activations in backward (less memory, ~30% slower)",
                                    group="model")
+    adapter: str = opt("", "parameter-efficient fine-tuning, the base frozen and the result saved alone: lora "
+                       "(LoRA adapters, PEFT format) or state (a trained initial state); '' trains `trainable`",
+                       group="model")
+    lora_targets: list = opt(help="adapter=lora: the linear layers to adapt, fnmatch patterns over module names "
+                             "(default: every time-mix and channel-mix projection, RWKV-6 or -7, and the projector)",
+                             group="model", factory=lambda: list(LORA_TARGETS))
+    lora_rank: int = opt(8, "adapter=lora: the rank r of each adapter", group="model")
+    lora_alpha: float = opt(16.0, "adapter=lora: the update is scaled by lora_alpha / lora_rank", group="model")
+    lora_dropout: float = opt(0.0, "adapter=lora: dropout on the adapters' input", group="model")
+    state_shifts: bool = opt(False, "adapter=state: also train the token-shift vectors, not only the WKV "
+                             "matrices", group="model")
 
     lr: float = opt(1e-3, "peak learning rate (AdamW; linear warm-up, then cosine to lr_final)",
                     group="optimisation")
@@ -130,6 +147,12 @@ class TrainConfig:
             raise ValueError(f"prepare must be '' or 'shapes', got {self.prepare!r}")
         if not isinstance(self.trainable, list) or not self.trainable:
             raise ValueError("trainable must be a non-empty list of parameter-name patterns")
+        if self.adapter not in ADAPTER_LR_SCALE:
+            raise ValueError(f"adapter must be '', 'lora' or 'state', got {self.adapter!r}")
+        if self.lora_rank < 1 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("lora_rank must be >= 1 and lora_dropout in [0, 1)")
+        if not isinstance(self.lora_targets, list) or not self.lora_targets:
+            raise ValueError("lora_targets must be a non-empty list of module-name patterns")
         unknown = sorted(set(self.fit_to_data) - set(FITTED))
         if unknown:
             raise ValueError(f"fit_to_data: {unknown} cannot be fitted (these can: {', '.join(FITTED)})")
@@ -164,7 +187,7 @@ def fit(cfg: TrainConfig, model_config, num_samples: int | None = None, world_si
     if "image_position" in wanted:
         values["image_position"] = model_config.image_position
     if "lr" in wanted:
-        values["lr"] = round(0.25 / model_config.rwkv.n_embd, 7)
+        values["lr"] = round(0.25 * ADAPTER_LR_SCALE[cfg.adapter] / model_config.rwkv.n_embd, 7)
     if "lr_final" in wanted:
         values["lr_final"] = round(values.get("lr", cfg.lr) / 10, 8)
     if num_samples is not None:
@@ -199,6 +222,10 @@ TINY_TRAINABLE = ["rwkv.blocks.*", "rwkv.ln_out.*", "rwkv.head.*", "proj.*"]
 PRESET_SUMMARIES = {
     "finetune": "your own LLaVA data on the shipped model (or --init/--model MODEL): batch, epochs and learning "
                 "rate fitted to the data's size and the model; a 16-row dataset learns in about a minute on a CPU",
+    "finetune-lora": "finetune with LoRA adapters (rank 8 on every projection and the projector), the model "
+                     "frozen: writes only the adapter (PEFT format, ~1% of the model); use it with --adapter",
+    "finetune-state": "finetune by state tuning: only each layer's initial WKV state is trained; writes a "
+                      "small state file; use it with --state",
     "stage1": "the paper's v6.0 stage 1: the projector only, image first (set --data, --image_root, --init_lm "
               "and --model)",
     "stage2": "the paper's v6.0 stage 2: LM blocks, head and projector, sandwich prompt (set --data, --image_root, "
@@ -219,6 +246,11 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
         # the start (`fit`); the trained parameters are the paper's stage 2 (embedding and vision frozen)
         "finetune": [dict(init="tiny", trainable=LM_STAGE2, fit_to_data=list(FITTED), log_every=5,
                           out_dir=os.path.join(out_dir, "finetune"))],
+        # the same, parameter-efficient: the result is the adapter or the state alone (adapters/)
+        "finetune-lora": [dict(init="tiny", adapter="lora", fit_to_data=list(FITTED), log_every=5,
+                               out_dir=os.path.join(out_dir, "finetune-lora"))],
+        "finetune-state": [dict(init="tiny", adapter="state", fit_to_data=list(FITTED), log_every=5,
+                                out_dir=os.path.join(out_dir, "finetune-state"))],
         # the paper's v6.0 recipe (SPEC §8.1/8.2); set data/image_root/init_lm for your run
         "stage1": [dict(image_position="first", ctx_len=1024, trainable=["proj.*"], lr=1e-3, lr_final=1e-5,
                         micro_batch_size=16, grad_accum=16, epochs=1, out_dir=os.path.join(out_dir, "stage1"))],

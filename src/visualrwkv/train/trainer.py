@@ -28,6 +28,7 @@ from ..rwkv.checkpoint import load_rwkv
 from ..utils import announce_if_slow, atomic_write
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_temporaries, save_checkpoint, truncate_metrics
 from .config import TrainConfig, fit
+from ..adapters.training import save_result, setup_trainable
 
 
 class L2Wrap(torch.autograd.Function):
@@ -164,7 +165,7 @@ class Trainer:
         prepare_data(cfg)
         self.model = build_model(cfg, self.device)
         fit(cfg, self.model.config)  # the model's own ctx_len and prompt layout, where asked
-        self.trained_names = apply_freezing(self.model, cfg.trainable)
+        self.trained_names = setup_trainable(self.model, cfg)  # adapters: the LoRA matrices or the state
         self.model.rwkv.gradient_checkpointing = cfg.grad_checkpointing
 
         image_root = cfg.image_root or str(Path(cfg.data).parent)
@@ -281,7 +282,8 @@ class Trainer:
             truncate_metrics(self.metrics_path, self.step)  # the steps after it are trained (and logged) again
         self.log(f"resumed from {found} (step {self.step}, epoch {self.epoch}, {self.consumed} samples into it)")
 
-    def _save(self) -> None:
+    def _save(self) -> dict:
+        """A resumable checkpoint; returns the trained parameters (full tensors)."""
         trained, optim_sd = self._full_state()  # collective under FSDP: every rank takes part
         if self.dist.is_main:
             state = {"optimizer": optim_sd, "step": self.step, "epoch": self.epoch, "consumed": self.consumed,
@@ -289,6 +291,7 @@ class Trainer:
             save_checkpoint(self.out_dir, self.step, trained, state, self.cfg.to_dict(), self.cfg.keep_last)
         if self.dist.world_size > 1:
             dist.barrier()
+        return trained
 
     # ---- the loop -------------------------------------------------------------------------
     def _steps(self):
@@ -301,7 +304,11 @@ class Trainer:
         while True:
             order = self.sampler.shard(epoch)[position:]
             step = []
-            for batch in DataLoader(self.dataset, sampler=order.tolist(), **self.loader_kwargs):
+            # its own generator: a loader draws its base seed when it starts, which from the global RNG
+            # would shift every later random draw (LoRA dropout) of a resumed run against a straight one
+            loader = DataLoader(self.dataset, sampler=order.tolist(), generator=torch.Generator().manual_seed(epoch),
+                                **self.loader_kwargs)
+            for batch in loader:
                 position += len(batch["ids"])
                 step.append(batch)
                 if len(step) == self.cfg.grad_accum:
@@ -411,7 +418,17 @@ class Trainer:
     def save_final(self) -> Path:
         """A last resumable checkpoint, and the whole model in the `from_pretrained` format."""
         final = self.out_dir / "final"
-        self._save()
+        trained = self._save()
+        if self.cfg.adapter:  # the adapter alone: the frozen base is the run's init
+            if self.dist.is_main:
+                written = save_result(final, self.cfg, self.model, trained)
+                with atomic_write(final / "train_config.json", "w") as f:
+                    json.dump(self.cfg.to_dict(), f, indent=2)
+                self.log(f"{self.cfg.adapter} adapter written to {written} (use it with "
+                         f"{'--adapter ' + str(final) if self.cfg.adapter == 'lora' else '--state ' + str(written)})")
+            if self.dist.world_size > 1:
+                dist.barrier()
+            return final
         model = self.model
         if self.dist.world_size > 1 and self.cfg.distributed == "fsdp":
             # the local parameters are shards: gather the whole model on rank 0 (a collective call)
