@@ -18,7 +18,7 @@ TEST_ORACLES := timm==1.0.31 segment-anything==1.0
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install -q -e ".[dev,serve,webui,bench]"
+	$(PIP) install -q -e ".[dev,serve,webui,bench,peft]"
 	$(PIP) install -q --no-deps $(TEST_ORACLES)
 	touch $@
 

@@ -174,7 +174,13 @@ def test_an_example_fills_the_image_and_the_question(tiny_vlm, page):
 
     example = load_examples()[0]
     page.click("#clear")
-    page.locator("#examples").get_by_text(example["question"].splitlines()[0]).first.click()
+    for _ in range(10):  # the examples table may still be mounting: click until the question is in place
+        page.locator("#examples").get_by_text(example["question"].splitlines()[0]).first.click()
+        try:
+            sync_api.expect(page.locator("#question textarea")).to_have_value(example["question"], timeout=2000)
+            break
+        except AssertionError:
+            continue
     sync_api.expect(page.locator("#question textarea")).to_have_value(example["question"])
     page.wait_for_selector("#image img")
     page.click("#send")
