@@ -232,7 +232,7 @@ def test_full_checkpoint_loads_strictly_answers_converts_and_round_trips(v0700_f
     assert torch.equal(_logits(VisualRWKV.from_pretrained(exported), picture), reference)
 
 
-def test_linear_projector_and_errors_name_the_key(official_vit, tmp_path):
+def test_linear_projector_and_errors_name_the_key(official_vit, tmp_path, capsys):
     from visualrwkv.model import VisualRWKV
 
     sd = _full_checkpoint(official_vit, projector="linear")
@@ -248,6 +248,13 @@ def test_linear_projector_and_errors_name_the_key(official_vit, tmp_path):
     torch.save(wrong, path)
     with pytest.raises(CheckpointError, match=r"vit\.siglip_featurizer\.blocks\.2\.mlp\.fc2\.bias"):
         VisualRWKV.from_pretrained(path)
+    from visualrwkv.cli import main
+
+    capsys.readouterr()
+    assert main(["convert", str(path), str(tmp_path / "out")]) == 1  # a user error: one line, no traceback
+    err = capsys.readouterr().err.strip()
+    assert "vit.siglip_featurizer.blocks.2.mlp.fc2.bias" in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "model.safetensors").exists()
     wrong = {k: v for k, v in sd.items() if k != "rwkv.blocks.1.att.k_k"}
     torch.save(wrong, path)
     with pytest.raises(CheckpointError, match=r"blocks\.1\.att\.k_k"):
