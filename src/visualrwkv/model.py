@@ -27,7 +27,7 @@ from .rwkv.checkpoint import (CheckpointError, config_from_state_dict, drop_igno
 from .rwkv import precision
 from .rwkv.model import RWKV, RWKVConfig, RWKVState
 from .rwkv.tokenizer import Tokenizer
-from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, scan_permutation
+from .scanning import SCANNING_MODES, ImageSpan, inverse, layer_order, permute, prefill_segments, scan_permutation
 from .utils import atomic_save_file, atomic_write
 from .vision.encoders import VisionConfig, build_encoder, clip_config_from_state_dict
 from .vision import official_v7
@@ -239,12 +239,29 @@ class VisualRWKV(nn.Module):
                             unsupervised)
 
     # ---- the layer-wise forward -------------------------------------------------------------
-    def hidden_states(self, x: Tensor, spans: list[list[ImageSpan]], state: RWKVState | None = None):
+    def hidden_states(self, x: Tensor, spans: list[list[ImageSpan]], state: RWKVState | None = None,
+                      last_only: bool = False):
         """The blocks over spliced embeddings [B, T, C], each layer reading the image spans in its
-        scan order; returns (final hidden states [B, T, C], state)."""
-        T = x.shape[1]
+        scan order; returns (final hidden states [B, T, C], or [B, 1, C] with `last_only`; state).
+
+        Outside autograd a long input goes through all the blocks a segment at a time, carrying the
+        state (the recurrence makes that the same computation), so a prompt's activations are those of
+        RWKV.prefill_segment positions whatever its length; a segment never cuts an image's span, whose
+        positions every layer reads in its scan order."""
         if state is None and self.state_tuning is not None:  # a sequence starts from the tuned state
             state = self.state_tuning.initial(x.shape[0], self.rwkv.dtype)
+        if torch.is_grad_enabled() or x.shape[1] <= self.rwkv.prefill_segment:
+            hidden, state = self._hidden_states(x, spans, state)
+            return (hidden[:, -1:] if last_only else hidden), state
+        hidden = []
+        for start, end in prefill_segments(spans, x.shape[1], self.rwkv.prefill_segment):
+            part = [[span.shifted(-start) for span in row if start <= span.start < end] for row in spans]
+            h, state = self._hidden_states(x[:, start:end], part, state)
+            hidden = [h[:, -1:]] if last_only else hidden + [h]
+        return torch.cat(hidden, 1), state
+
+    def _hidden_states(self, x: Tensor, spans: list[list[ImageSpan]], state: RWKVState | None):
+        T = x.shape[1]
         orders: dict[tuple[bool, bool], tuple[Tensor | None, Tensor | None]] = {}
         layers, v_first = [], None  # v_first: RWKV-7's value residual, kept in token order between layers
         for i, block in enumerate(self.rwkv.blocks):
@@ -263,7 +280,7 @@ class VisualRWKV(nn.Module):
 
     def forward_embeds(self, x: Tensor, spans: list[list[ImageSpan]], state: RWKVState | None = None,
                        logits: str = "all") -> tuple[Tensor | None, RWKVState]:
-        hidden, state = self.hidden_states(x, spans, state)
+        hidden, state = self.hidden_states(x, spans, state, last_only=logits != "all")
         return self.rwkv.project(hidden, logits), state
 
     def embed_batch(self, input_ids: Sequence[Sequence[int]], pixel_values: Sequence[Tensor],

@@ -84,3 +84,26 @@ def inverse(index: Tensor | None) -> Tensor | None:
     if index is None:
         return None
     return torch.empty_like(index).scatter_(1, index, torch.arange(index.shape[1], device=index.device).expand_as(index))
+
+
+def prefill_segments(spans: list[list[ImageSpan]], seq_len: int, size: int) -> list[tuple[int, int]]:
+    """[start, end) pieces covering [0, seq_len), each at most `size` positions long except where one
+    image's span alone is longer, and none cutting a span (of any row): a scan order reads an image
+    whole, so its positions must go through a layer together."""
+    if size < 1:
+        raise ValueError(f"segment size must be positive, got {size}")
+    blocks: list[list[int]] = []  # the spans of all rows, overlapping ones merged: disjoint blocks
+    for a, b in sorted((span.start, span.end) for row in spans for span in row):
+        if blocks and a < blocks[-1][1]:
+            blocks[-1][1] = max(blocks[-1][1], b)
+        else:
+            blocks.append([a, b])
+    pieces, start = [], 0
+    while start < seq_len:
+        end = min(start + size, seq_len)
+        for a, b in blocks:  # an end inside a block moves back to its start, or past it if it began here
+            if a < end < b:
+                end = a if a > start else b
+        pieces.append((start, end))
+        start = end
+    return pieces

@@ -274,6 +274,11 @@ LogitsMode = Literal["all", "last", "none"]
 class RWKV(nn.Module):
     """`logits, state = lm(tokens, state=None)` with tokens LongTensor [B, T] (or embeddings [B, T, C])."""
 
+    # Positions a prompt goes through the blocks at a time outside autograd (run_blocks,
+    # VisualRWKV.hidden_states): enough that the products stay matrix-bound, few enough that a long
+    # prompt's activations stay a few tens of MiB.
+    prefill_segment = 512
+
     def __init__(self, config: RWKVConfig):
         super().__init__()
         self.config = config
@@ -322,11 +327,24 @@ class RWKV(nn.Module):
         stepped = cpu_kernels.decode_step(self, x, state)
         if stepped is None and self.compiled_step is not None:
             stepped = self.compiled_step(x, state)
-        x, new_state = stepped if stepped is not None else self.run_blocks(x, state)
+        x, new_state = stepped if stepped is not None else self.run_blocks(x, state, last_only=logits != "all")
         return self.project(x.to(self.dtype), logits), new_state  # the C++ step's hidden state is fp32
 
-    def run_blocks(self, x: Tensor, state: RWKVState | None) -> tuple[Tensor, RWKVState]:
-        """Embeddings [B, T, C] through every block: (the last hidden states, the new state)."""
+    def run_blocks(self, x: Tensor, state: RWKVState | None, last_only: bool = False) -> tuple[Tensor, RWKVState]:
+        """Embeddings [B, T, C] through every block: (the last hidden states [B, T, C], or [B, 1, C] with
+        `last_only`; the new state). Outside autograd a long input goes prefill_segment positions at a
+        time through all the blocks, carrying the state: the same computation, with the activations of
+        one segment whatever the length."""
+        if torch.is_grad_enabled() or x.shape[1] <= self.prefill_segment:
+            hidden, state = self._run_blocks(x, state)
+            return (hidden[:, -1:] if last_only else hidden), state
+        hidden = []
+        for part in x.split(self.prefill_segment, 1):
+            h, state = self._run_blocks(part, state)
+            hidden = [h[:, -1:]] if last_only else hidden + [h]
+        return torch.cat(hidden, 1), state
+
+    def _run_blocks(self, x: Tensor, state: RWKVState | None) -> tuple[Tensor, RWKVState]:
         layers, v_first = [], None
         for i, block in enumerate(self.blocks):
             x, layer_state, v_first = self.run_block(block, x, state.layer(i) if state is not None else None, v_first)
