@@ -84,6 +84,30 @@ def tiny_v7_vlm_dir(tiny_v7_vlm, tmp_path_factory):
     return path
 
 
+# ---- the shipped model and its bundled examples, for the follow-up checks --------------------------
+
+
+@pytest.fixture(scope="session")
+def shipped_vlm():
+    """The shipped tiny model (src/visualrwkv/assets/tiny); never mutate it."""
+    from visualrwkv.model import VisualRWKV
+
+    return VisualRWKV.from_pretrained("tiny").eval()
+
+
+@pytest.fixture(scope="session")
+def example_conversations():
+    """The bundled example questions as one conversation per image: [(image path, [example, ...])],
+    each image's questions in the order questions.json lists them (the second and third are follow-ups)."""
+    from visualrwkv.demo import EXAMPLES_DIR, load_examples
+
+    by_image: dict = {}
+    for example in load_examples():
+        by_image.setdefault(example["image"], []).append(example)
+    assert all(len(questions) >= 2 for questions in by_image.values()), "each image needs follow-ups"
+    return [(EXAMPLES_DIR / image, questions) for image, questions in by_image.items()]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def kernel_cache(tmp_path_factory):
     """The compiled CPU kernels are built for this session (and its subprocesses), not into ~/.cache."""

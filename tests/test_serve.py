@@ -391,3 +391,29 @@ def test_metrics_in_the_prometheus_format_and_one_access_line_per_request(server
     assert lines[0].startswith(f"/v1/chat/completions 200 prompt_tokens={r.usage.prompt_tokens} ")
     assert f"completion_tokens={r.usage.completion_tokens} " in lines[0] and "latency=" in lines[0]
     assert lines[2].startswith("/v1/chat/completions 400 error=")
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped model answers follow-ups at 8.5-15% (docs/tiny-model.md, "
+                   "issue 17); strict: this passes, and must lose the mark, once a model that holds a conversation ships")
+def test_the_bundled_questions_as_follow_ups_get_the_single_turn_answers(shipped_vlm, example_conversations):
+    """The shipped model behind the server: each example image's questions in one conversation (the
+    client sends the image with the first question, then the model's own earlier answers) get the
+    answers each gets asked alone, which are the examples' expected answers."""
+    with Engine(shipped_vlm, model_id="tiny", max_new_tokens=16) as shipped, \
+            ServerThread(create_app(shipped, ServerSettings("tiny"), close_engine_on_shutdown=False)) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+        def ask(messages) -> str:
+            r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=16, **GREEDY)
+            return r.choices[0].message.content
+
+        for image_path, questions in example_conversations:
+            image = image_path.read_bytes()
+            single_turn = [ask([user(q["question"], image)]) for q in questions]
+            assert [a.lower() for a in single_turn] == [q["expected"].lower() for q in questions], image_path.name
+            messages, follow_ups = [], []
+            for q in questions:
+                messages.append(user(q["question"], image if not messages else None))
+                follow_ups.append(ask(messages))
+                messages.append({"role": "assistant", "content": follow_ups[-1]})
+            assert follow_ups == single_turn, image_path.name

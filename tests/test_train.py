@@ -236,3 +236,33 @@ def test_samples_without_a_label_in_ctx_len_are_skipped_and_logged(shapes, tmp_p
     assert [line["step"] for line in lines] == [1, 2]
     assert sum(line["skipped"] for line in lines) == 1
     assert trainer.dataset.skipped == {"no_label_in_ctx_len": 1}
+
+
+def test_several_data_files_train_together_each_with_its_own_image_folder(shapes, tmp_path):
+    """`data` may name several files, comma-separated: their rows form one dataset, and without
+    image_root each file's image paths start from its own folder (as with one file)."""
+    import shutil
+
+    from visualrwkv.train.cli import check_data
+
+    mine = tmp_path / "mine"
+    (mine / "pics").mkdir(parents=True)
+    shutil.copy(shapes / "images" / "train" / "000000.png", mine / "pics" / "a.png")
+    rows = [{"id": f"m{i}", "image": "pics/a.png",
+             "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "Shapes"}]}
+            for i in range(2)]
+    (mine / "mine.json").write_text(json.dumps(rows))
+    first = shapes / "stage2.json"
+    cfg = config(shapes, tmp_path / "out", data=f"{first}, {mine / 'mine.json'}", max_steps=1)
+    assert cfg.data_files == [str(first), str(mine / "mine.json")]
+    check_data(cfg)
+    trainer = Trainer(cfg)
+    count = len(json.loads(first.read_text()))
+    assert len(trainer.dataset) == count + 2
+    assert trainer.dataset.records[0].image_paths[0].startswith(str(shapes))
+    assert [r.image_paths for r in trainer.dataset.records[count:]] == [(str(mine / "pics" / "a.png"),)] * 2
+    trainer.train()
+    assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
+    cfg.data = f"{first},{tmp_path / 'nowhere.json'}"
+    with pytest.raises(ValueError, match=r"--data .*nowhere\.json"):
+        check_data(cfg)

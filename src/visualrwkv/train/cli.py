@@ -107,10 +107,11 @@ def check_data(cfg) -> None:
 
     if cfg.prepare == "shapes":
         return
-    if not cfg.data:
+    if not cfg.data_files:
         raise ValueError("no training data: pass --data FILE (LLaVA-format conversations, .json or .jsonl)")
-    if not os.path.isfile(cfg.data):
-        raise ValueError(f"--data {cfg.data} {why_missing(cfg.data)}; expected a LLaVA-format .json or .jsonl file")
+    for path in cfg.data_files:
+        if not os.path.isfile(path):
+            raise ValueError(f"--data {path} {why_missing(path)}; expected a LLaVA-format .json or .jsonl file")
 
 
 def add_parser(subparsers) -> None:

@@ -37,7 +37,8 @@ def opt(default=MISSING, help: str = "", *, group: str, factory=MISSING):
 class TrainConfig:
     task: str = opt("vlm", "vlm: train VisualRWKV on conversations; vision_shapes: pretrain the tiny encoder",
                     group="data")
-    data: str = opt("", "LLaVA conversation data: a JSON list or JSONL file", group="data")
+    data: str = opt("", "LLaVA conversation data: a JSON list or JSONL file, or several, comma-separated (their "
+                    "rows trained together, in one shuffled order)", group="data")
     image_root: str = opt("", "image paths in the data are relative to this folder (empty: the data file's folder)",
                           group="data")
     image_position: str = opt("middle", "where the image goes in the prompt: first, last or middle (the "
@@ -156,6 +157,11 @@ class TrainConfig:
         unknown = sorted(set(self.fit_to_data) - set(FITTED))
         if unknown:
             raise ValueError(f"fit_to_data: {unknown} cannot be fitted (these can: {', '.join(FITTED)})")
+
+    @property
+    def data_files(self) -> list[str]:
+        """The files of `data`, in order (one, or several given comma-separated)."""
+        return [path.strip() for path in self.data.split(",") if path.strip()]
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -168,9 +168,9 @@ class Trainer:
         self.trained_names = setup_trainable(self.model, cfg)  # adapters: the LoRA matrices or the state
         self.model.rwkv.gradient_checkpointing = cfg.grad_checkpointing
 
-        image_root = cfg.image_root or str(Path(cfg.data).parent)
+        # without image_root, each file's image paths start from that file's folder
         with announce_if_slow(f"reading {cfg.data}"):
-            self.dataset = LlavaDataset(cfg.data, image_root, tokenizer=self.model.tokenizer,
+            self.dataset = LlavaDataset(cfg.data_files, cfg.image_root or None, tokenizer=self.model.tokenizer,
                                         image_position=cfg.image_position, ctx_len=cfg.ctx_len,
                                         tokens_per_image=self.model.vit.num_tokens,
                                         text_only_positions=self.model.text_only_positions,
@@ -459,13 +459,14 @@ def _tensorboard(out_dir: Path):
 
 def prepare_data(cfg: TrainConfig) -> None:
     """Generate the synthetic shapes dataset when a preset asks for it and it is not there yet."""
-    if cfg.prepare != "shapes" or Path(cfg.data).is_file():
+    files = [Path(path) for path in cfg.data_files]
+    if cfg.prepare != "shapes" or all(path.is_file() for path in files):
         return
     from ..data.shapes import generate_shapes_dataset
 
-    out = Path(cfg.data).parent
+    out = files[0].parent
     if int(os.environ.get("RANK", "0")) == 0:
         generate_shapes_dataset(out, num_train_images=cfg.prepare_images, num_test_images=max(200, cfg.prepare_images // 10))
     else:
-        while not Path(cfg.data).is_file():
+        while not all(path.is_file() for path in files):
             time.sleep(0.5)

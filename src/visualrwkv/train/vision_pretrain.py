@@ -114,7 +114,7 @@ def _epoch_batches(n: int, batch_size: int, generator: torch.Generator):
 def pretrain_tiny_vision(cfg, log=print) -> Path:
     """Build the model of `cfg.model`, pretrain its tiny vision encoder, save it to out_dir/final."""
     torch.manual_seed(cfg.seed)
-    data_dir = Path(cfg.data).parent
+    data_dir = Path(cfg.data_files[0]).parent  # the generator's folder
     scenes_path = data_dir / "scenes.json"
     if not scenes_path.is_file():
         raise FileNotFoundError(f"{scenes_path} not found: vision pretraining needs the shapes generator's scenes")
