@@ -108,3 +108,22 @@ def test_the_bundled_questions_asked_as_follow_ups_get_the_single_turn_answers(e
     single_turn = chat(alone)
     assert [answer.lower() for answer in single_turn] == [answer.lower() for answer in expected]
     assert chat(together) == single_turn
+
+
+def test_default_temperature_follows_the_web_ui_rule(tiny_vlm_dir, tmp_path):
+    """No --temperature: greedy for a model trained on short answers (the shipped one: its
+    train_config.json says `prepare: shapes`), else SamplingParams' default; a given one is kept."""
+    import argparse
+
+    from visualrwkv.chat_cli import add_sampling_arguments, sampling_params_from_args
+
+    parser = argparse.ArgumentParser()
+    add_sampling_arguments(parser)
+    shapes_model = tmp_path / "shapes_model"
+    shapes_model.mkdir()
+    (shapes_model / "train_config.json").write_text('{"prepare": "shapes"}')
+    for model, expected in ((None, 0.0), ("tiny", 0.0), (str(shapes_model), 0.0),
+                            (str(tiny_vlm_dir), SamplingParams().temperature)):
+        flags = [] if model is None else ["--model", model]
+        assert sampling_params_from_args(parser.parse_args(flags)).temperature == expected, model
+        assert sampling_params_from_args(parser.parse_args(flags + ["--temperature", "0.7"])).temperature == 0.7

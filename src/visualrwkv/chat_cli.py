@@ -26,7 +26,9 @@ def add_sampling_arguments(p) -> None:
 
     d = SamplingParams()
     add_model_arguments(p)
-    p.add_argument("--temperature", type=float, default=d.temperature, help=f"0 = greedy (default {d.temperature})")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"0 = greedy (default: 0 for a model trained to answer in a word or phrase, such as the "
+                        f"shipped one, as in the web UI; else {d.temperature})")
     p.add_argument("--top-p", type=float, default=d.top_p, help=f"default {d.top_p}")
     p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off (default)")
     p.add_argument("--presence-penalty", type=float, default=d.presence_penalty, help=f"default {d.presence_penalty}")
@@ -42,10 +44,14 @@ def add_sampling_arguments(p) -> None:
 
 
 def sampling_params_from_args(args):
+    from visualrwkv.engine.defaults import trained_for_short_answers
     from visualrwkv.engine.params import SamplingParams
 
     extra = {} if args.stop is None else {"stop": [s.replace("\\n", "\n").replace("\\t", "\t") for s in args.stop]}
-    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+    temperature = args.temperature
+    if temperature is None:  # the web UI's rule (serve.cli.webui_defaults): greedy for a short-answer model
+        temperature = 0.0 if trained_for_short_answers(args.model) else SamplingParams().temperature
+    return SamplingParams(temperature=temperature, top_p=args.top_p, top_k=args.top_k,
                           presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
                           penalty_decay=args.penalty_decay, max_tokens=args.max_tokens, seed=args.seed, **extra)
 
