@@ -277,7 +277,7 @@ class RWKV(nn.Module):
     # Positions a prompt goes through the blocks at a time outside autograd (run_blocks,
     # VisualRWKV.hidden_states): enough that the products stay matrix-bound, few enough that a long
     # prompt's activations stay a few tens of MiB.
-    prefill_segment = 512
+    prefill_segment = 1024
 
     def __init__(self, config: RWKVConfig):
         super().__init__()
