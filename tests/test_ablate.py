@@ -297,3 +297,10 @@ def test_the_default_scenes_are_unchanged_by_the_new_options():
     assert a == b and 1 <= len(a.shapes) <= 3
     with pytest.raises(ValueError, match="max_shapes"):
         shapes.random_scene(np.random.default_rng(0), max_shapes=7)
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    assert main(["ablate", "--study", "loss", "--seeds", "0", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == "visualrwkv ablate: error: --seeds must be at least 1, got 0"
+    assert main(["ablate", "--study", "loss", "--report-only", "--out", str(tmp_path / "none")]) == 1
+    assert "holds no results" in capsys.readouterr().err

@@ -34,8 +34,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .report import write_report
-    from .runner import load_results, log, run_studies
     from .studies import studies_of
 
     studies = studies_of(args.study)
@@ -46,7 +44,18 @@ def run(args) -> int:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _run(args, studies, out)
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process (a test) gets its threads back
+
+
+def _run(args, studies, out: Path) -> int:
+    from .report import write_report
+    from .runner import load_results, log, run_studies
+
     if args.report_only:
         if not (out / "results").is_dir():
             raise ValueError(f"{out} holds no results (no {out / 'results'} folder)")
