@@ -233,7 +233,10 @@ def test_an_equality_claim_holds_within_the_spread():
 
 def test_one_seed_has_no_spread():
     v = claim_verdict(Claim("a", "b"), _stats(60), _stats(50))
-    assert v["status"] == "holds, within the seed spread" and "one seed" in v["text"]
+    assert v["status"] == "holds on one seed" and "no spread: one seed" in v["text"]
+    assert claim_verdict(Claim("a", "b"), _stats(40), _stats(50))["status"] == "does not hold on one seed"
+    line = study_verdict(STUDIES["loss"], {"sample-level": _stats(60), "token-level": _stats(50)})["text"]
+    assert "on one seed (no spread to judge by), 1 of 1 steps of the paper's ordering hold here" in line
 
 
 def test_study_verdict_lines():

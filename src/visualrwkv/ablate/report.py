@@ -50,7 +50,7 @@ def claim_verdict(claim: Claim, a: dict | None, b: dict | None) -> dict:
         relation = "≈" if holds else ("within" if n == 1 else "≠")
         text = (f"{claim.better} {a['overall']['mean']:.1f}% vs {claim.worse} {b['overall']['mean']:.1f}%: "
                 f"{diff:+.1f} points, {'within' if not beyond else 'beyond'} {where}")
-        status = "holds" if holds else ("unclear" if n == 1 else "does not hold")
+        status = "holds" if holds else ("unclear on one seed" if n == 1 else "does not hold")
         return {"status": status, "diff": diff, "spread": spread, "relation": relation, "text": text,
                 "wins": wins, "paired": len(paired)}
     relation = ">" if diff > 0 else ("=" if diff == 0 else "<")
@@ -59,7 +59,9 @@ def claim_verdict(claim: Claim, a: dict | None, b: dict | None) -> dict:
             if n > 1 else f"{claim.better} {a['overall']['mean']:.1f}% {relation} {claim.worse} "
             f"{b['overall']['mean']:.1f}% ({diff:+.1f} points, {where}")
     text += f"; better on {wins} of {len(paired)} seeds)" if paired else ")"
-    if diff <= 0:
+    if n == 1:
+        status = "holds on one seed" if diff > 0 else "does not hold on one seed"
+    elif diff <= 0:
         status = "reversed" if beyond else "does not hold"
     else:
         status = "holds" if beyond else "holds, within the seed spread"
@@ -74,6 +76,10 @@ def study_verdict(study: Study, stats: dict[str, dict | None], chance: float | N
     ordering = " ; ".join(_claim_text(c) for c in study.claims)
     if "not run" in statuses:
         head = "not all arms have run yet"
+    elif any(s.endswith("one seed") for s in statuses):
+        kept = sum(s.startswith("holds") for s in statuses)
+        head = (f"on one seed (no spread to judge by), {kept} of {len(statuses)} steps of the paper's ordering "
+                "hold here")
     elif all(s == "holds" for s in statuses):
         head = "the paper's ordering holds here, beyond the seed spread"
     elif all(s.startswith("holds") for s in statuses):

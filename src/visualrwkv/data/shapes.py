@@ -114,14 +114,20 @@ def half_of_image(shape: Shape, axis: str) -> int:
 MAX_SHAPES = 6  # the most shapes a scene may hold (the harder variant's; the shipped data has 1–3)
 
 
+def check_scene_options(min_shapes: int, max_shapes: int, shape_scale: float) -> None:
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (min_shapes, max_shapes)) \
+            or not 1 <= min_shapes <= max_shapes <= MAX_SHAPES:
+        raise ValueError(f"need integers 1 <= min_shapes <= max_shapes <= {MAX_SHAPES}, got {min_shapes!r}, "
+                         f"{max_shapes!r}")
+    if not isinstance(shape_scale, (int, float)) or not 0.5 <= shape_scale <= 1.0:
+        raise ValueError(f"shape_scale must be in [0.5, 1], got {shape_scale!r}")
+
+
 def random_scene(rng: np.random.Generator, num_shapes: int | None = None, *, min_shapes: int = 1,
                  max_shapes: int = 3, shape_scale: float = 1.0) -> Scene:
     """`min_shapes`–`max_shapes` shapes (1–3 by default) with distinct (color, kind), no two
     overlapping, on a light background; `shape_scale` shrinks them (more fit in the image)."""
-    if not 1 <= min_shapes <= max_shapes <= MAX_SHAPES:
-        raise ValueError(f"need 1 <= min_shapes <= max_shapes <= {MAX_SHAPES}, got {min_shapes}, {max_shapes}")
-    if not 0.5 <= shape_scale <= 1.0:
-        raise ValueError(f"shape_scale must be in [0.5, 1], got {shape_scale}")
+    check_scene_options(min_shapes, max_shapes, shape_scale)
     if num_shapes is None:
         num_shapes = int(rng.integers(min_shapes, max_shapes + 1))
     if not 1 <= num_shapes <= max_shapes:
@@ -453,8 +459,10 @@ def generate_shapes_dataset(
             f"questions_per_image must be an integer in [1, {max_questions}], got {questions_per_image!r}"
         )
 
-    scene_args = dict(min_shapes=min_shapes, max_shapes=max_shapes, shape_scale=shape_scale)
-    random_scene(np.random.default_rng(0), **scene_args)  # the arguments checked before anything is written
+    check_scene_options(min_shapes, max_shapes, shape_scale)  # before anything is written
+    # only what differs from the default scenes is passed on
+    scene_args = {k: v for k, v in dict(min_shapes=min_shapes, max_shapes=max_shapes, shape_scale=shape_scale).items()
+                  if v != {"min_shapes": 1, "max_shapes": 3, "shape_scale": 1.0}[k]}
     out = Path(out_dir)
     scenes: dict[str, dict] = {}
     stage1, stage2, test = [], [], []
