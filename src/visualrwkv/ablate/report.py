@@ -142,14 +142,15 @@ def markdown(report: dict) -> str:
     for s in report["studies"]:
         lines += [f"### {s['study']}", "", f"Paper's numbers: {s['paper_source']}."]
         lines += [f"Note: {n}." for n in s["notes"]]
-        lines += ["", "| arm | seeds | overall | " + " | ".join(types) + " | paper |",
+        lines += ["", "Held-out accuracy (%), mean ± standard deviation over seeds (one seed: its value).", "",
+                  "| arm | seeds | overall | " + " | ".join(types) + " | paper |",
                   "|---|---|---|" + "---|" * len(types) + "---|"]
         for a in s["arms"]:
             if not a["n"]:
                 lines.append(f"| {a['arm']} | 0 | not run | " + " | ".join("" for _ in types) + f" | {_paper(a)} |")
                 continue
-            cells = [_pm(a["per_type"][t]) if t in a["per_type"] else "" for t in types]
-            lines.append(f"| {a['arm']} | {a['n']} | **{_pm(a['overall'])}** | " + " | ".join(cells)
+            cells = [_pm(a["per_type"][t], a["n"]) if t in a["per_type"] else "" for t in types]
+            lines.append(f"| {a['arm']} | {a['n']} | **{_pm(a['overall'], a['n'])}** | " + " | ".join(cells)
                          + f" | {_paper(a)} |")
         if chance:
             lines.append("| *majority answer* | | " + f"{chance['overall']:.1f} | "
@@ -158,16 +159,19 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _pm(summary: dict) -> str:
-    return f"{summary['mean']:.1f} ± {summary['std']:.1f}"
+def _pm(summary: dict, n: int) -> str:
+    return f"{summary['mean']:.1f} ± {summary['std']:.1f}" if n > 1 else f"{summary['mean']:.1f}"
 
 
 def _paper(arm: dict) -> str:
     return "—" if arm["paper"] is None else f"{arm['paper']:.2f}"
 
 
-def plot_study(study_report: dict, path: Path) -> None:
-    """Bars: mean held-out accuracy ± std over seeds, the seeds as dots, the paper's number under each arm."""
+def plot_study(study_report: dict, path: Path, chance: float | None = None) -> None:
+    """Bars: mean held-out accuracy ± std over seeds, the seeds as dots, the paper's number under each
+    arm, the majority-answer baseline as a dashed line."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,10 +186,15 @@ def plot_study(study_report: dict, path: Path) -> None:
         seeds = list(a["by_seed"].values())
         ax.scatter([x + 0.12 * (i - (len(seeds) - 1) / 2) for i in range(len(seeds))], seeds, color="black",
                    s=12, zorder=3)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1)
+        ax.text(len(arms) - 0.45, chance, "majority answer", fontsize=7, color="grey", ha="right", va="bottom")
+    ax.set_xlim(-0.6, len(arms) - 0.4)
     ax.set_xticks(range(len(arms)))
     ax.set_xticklabels([a["arm"].replace(" (", "\n(") + f"\npaper {_paper(a)}" for a in arms], fontsize=8)
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title(f"{study_report['study']}: {study_report['verdict']['status']}", fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(f"{study_report['study']}: {study_report['verdict']['status']}", 60)),
+                 fontsize=9)
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
@@ -200,5 +209,5 @@ def write_report(studies: list[Study], results: list[dict], out: Path) -> dict:
     with atomic_write(out / "results.md", "w") as f:
         f.write(markdown(report) + "\n")
     for s in report["studies"]:
-        plot_study(s, out / f"{s['study']}.png")
+        plot_study(s, out / f"{s['study']}.png", report["chance"]["overall"] if report["chance"] else None)
     return report
