@@ -26,6 +26,7 @@ COMMANDS = {
     "merge": ("visualrwkv.adapters.cli", "fold a LoRA adapter into its base model: a standalone model folder"),
     "data": ("visualrwkv.data.cli", "dataset tools"),
     "bench": ("visualrwkv.bench.cli", "speed and memory benchmarks"),
+    "ablate": ("visualrwkv.ablate.cli", "the paper's ablations at small scale, with error bars (resumable)"),
 }
 
 EPILOG = """examples:

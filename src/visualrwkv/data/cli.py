@@ -1,6 +1,6 @@
 """`visualrwkv data <sub-command>`: dataset tools.
 
-    visualrwkv data shapes --out DIR [--train N] [--test N] [--seed S] [--image-size P]
+    visualrwkv data shapes --out DIR [--train N] [--test N] [--seed S] [--image-size P] [--harder]
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ def add_parser(subparsers) -> None:
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--image-size", type=int, default=64, help="image side in pixels")
     shapes.add_argument("--questions-per-image", type=int, default=3, help="question rows per image (distinct types)")
+    shapes.add_argument("--harder", action="store_true", help="the harder variant (visualrwkv ablate's): 2-6 smaller "
+                        "shapes, counts up to 6, and 'find' questions that need one object found from another")
     shapes.set_defaults(func=run_shapes)
 
 
@@ -33,7 +35,7 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 
 def run_shapes(args) -> int:
-    from visualrwkv.data.shapes import generate_shapes_dataset
+    from visualrwkv.data.shapes import HARDER, generate_shapes_dataset
 
     result = generate_shapes_dataset(
         args.out,
@@ -42,6 +44,7 @@ def run_shapes(args) -> int:
         image_size=args.image_size,
         seed=args.seed,
         questions_per_image=args.questions_per_image,
+        **(HARDER if args.harder else {}),
     )
     print(
         f"wrote {result['num_train_images']} train + {result['num_test_images']} test images to "

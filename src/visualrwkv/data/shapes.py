@@ -111,20 +111,35 @@ def half_of_image(shape: Shape, axis: str) -> int:
     return 0
 
 
-def random_scene(rng: np.random.Generator, num_shapes: int | None = None) -> Scene:
-    """1–3 shapes with distinct (color, kind), no two overlapping, on a light background."""
+MAX_SHAPES = 6  # the most shapes a scene may hold (the harder variant's; the shipped data has 1–3)
+
+
+def check_scene_options(min_shapes: int, max_shapes: int, shape_scale: float) -> None:
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (min_shapes, max_shapes)) \
+            or not 1 <= min_shapes <= max_shapes <= MAX_SHAPES:
+        raise ValueError(f"need integers 1 <= min_shapes <= max_shapes <= {MAX_SHAPES}, got {min_shapes!r}, "
+                         f"{max_shapes!r}")
+    if not isinstance(shape_scale, (int, float)) or not 0.5 <= shape_scale <= 1.0:
+        raise ValueError(f"shape_scale must be in [0.5, 1], got {shape_scale!r}")
+
+
+def random_scene(rng: np.random.Generator, num_shapes: int | None = None, *, min_shapes: int = 1,
+                 max_shapes: int = 3, shape_scale: float = 1.0) -> Scene:
+    """`min_shapes`–`max_shapes` shapes (1–3 by default) with distinct (color, kind), no two
+    overlapping, on a light background; `shape_scale` shrinks them (more fit in the image)."""
+    check_scene_options(min_shapes, max_shapes, shape_scale)
     if num_shapes is None:
-        num_shapes = int(rng.integers(1, 4))
-    if not 1 <= num_shapes <= 3:
-        raise ValueError(f"num_shapes must be 1, 2 or 3, got {num_shapes}")
+        num_shapes = int(rng.integers(min_shapes, max_shapes + 1))
+    if not 1 <= num_shapes <= max_shapes:
+        raise ValueError(f"num_shapes must be in [1, {max_shapes}], got {num_shapes}")
     pairs = [(c, k) for c in COLORS for k in KINDS]
     chosen = [pairs[i] for i in rng.choice(len(pairs), size=num_shapes, replace=False)]
     background = tuple(int(v) for v in rng.integers(218, 251, size=3))
-    while True:  # placing 3 small shapes rarely needs more than a few tries
+    while True:  # placing a few small shapes rarely needs more than a few tries
         shapes: list[Shape] = []
         for color, kind in chosen:
             for _ in range(50):
-                half = float(rng.uniform(MIN_HALF, MAX_HALF))
+                half = float(rng.uniform(MIN_HALF, MAX_HALF)) * shape_scale
                 x, y = rng.uniform(half + BORDER, 1 - half - BORDER, size=2)
                 cand = Shape(kind, color, float(x), float(y), half)
                 if all(apart_on_axis(cand, s, "x") or apart_on_axis(cand, s, "y") for s in shapes):
@@ -285,8 +300,55 @@ def ask_corner(scene: Scene, rng, want_yes: bool) -> QA | None:
     return QA(_pick(rng, CORNER_QUESTIONS).format(s.name), quadrant(s).capitalize(), "corner")
 
 
+FIND_QUESTIONS = {
+    ("x", -1): "What color is the {} to the left of the {}?",
+    ("x", 1): "What color is the {} to the right of the {}?",
+    ("y", -1): "What color is the {} above the {}?",
+    ("y", 1): "What color is the {} below the {}?",
+}
+EXTREME_QUESTIONS = {("x", -1): "leftmost", ("x", 1): "rightmost", ("y", -1): "topmost", ("y", 1): "bottommost"}
+
+
+def ask_find(scene: Scene, rng, want_yes: bool) -> QA | None:
+    """A question answered only by finding one object from another ("What color is the circle to the
+    left of the red square?") or by comparing all of them ("What color is the leftmost shape?"): the
+    harder variant's type, where what the question asks for decides which patches matter. Asked only
+    where one object fits clearly: every other shape of the kind asked is clearly on the other side."""
+    found = []
+    for ref in scene.shapes:
+        for axis in ("x", "y"):
+            for side in (-1, 1):
+                same = {}
+                for s in scene.shapes:
+                    if s is not ref:
+                        same.setdefault(s.kind, []).append(apart_on_axis(s, ref, axis))
+                for kind, sides in same.items():
+                    if sides.count(side) == 1 and all(v == -side for v in sides if v != side):
+                        target = next(s for s in scene.shapes if s is not ref and s.kind == kind
+                                      and apart_on_axis(s, ref, axis) == side)
+                        found.append(QA(FIND_QUESTIONS[(axis, side)].format(kind, ref.name),
+                                        target.color.capitalize(), "find"))
+    extremes = []
+    if len(scene.shapes) >= 2:
+        for axis in ("x", "y"):
+            for side in (-1, 1):
+                # the extreme shape must be clearly apart from every other one on that axis
+                for s in scene.shapes:
+                    if all(apart_on_axis(s, o, axis) == side for o in scene.shapes if o is not s):
+                        extremes.append(QA(f"What color is the {EXTREME_QUESTIONS[(axis, side)]} shape?",
+                                           s.color.capitalize(), "find"))
+    if found and (not extremes or rng.random() < 0.7):
+        return _pick(rng, found)
+    return _pick(rng, extremes) if extremes else None
+
+
+# the harder variant of the data (visualrwkv ablate): more and smaller objects, counts up to 6, and
+# questions that need one object found from another, so that where the model reads the question
+# and how it scans the image can matter
+HARDER = dict(min_shapes=2, max_shapes=6, shape_scale=0.75, extra_types=("find",))
+
 # question types that the shipped data does not ask (a dataset asks them only when told to)
-EXTRA_QUESTION_TYPES = ("corner",)
+EXTRA_QUESTION_TYPES = ("corner", "find")
 
 ASKERS = {
     "color": ask_color,
@@ -295,6 +357,7 @@ ASKERS = {
     "position": ask_position,
     "existence": ask_existence,
     "corner": ask_corner,
+    "find": ask_find,
 }
 
 
@@ -363,6 +426,9 @@ def generate_shapes_dataset(
     questions_per_image: int = 3,
     extra_types: tuple[str, ...] = (),
     train_weights: dict[str, float] | None = None,
+    min_shapes: int = 1,
+    max_shapes: int = 3,
+    shape_scale: float = 1.0,
 ) -> dict:
     """Write images and LLaVA JSON under `out_dir`; `image` paths are relative to `out_dir`.
 
@@ -374,6 +440,8 @@ def generate_shapes_dataset(
     with a `question_type` list.
     scenes.json keeps the scene of every image, for checking answers. `extra_types` adds question
     types of EXTRA_QUESTION_TYPES; `train_weights` replaces the training split's type weights.
+    `min_shapes`, `max_shapes` and `shape_scale` set the scenes (`random_scene`); HARDER holds the
+    harder variant's values (up to 6 smaller shapes, "find" questions), used by `visualrwkv ablate`.
     """
     unknown = sorted(set(extra_types) - set(EXTRA_QUESTION_TYPES))
     if unknown:
@@ -391,6 +459,10 @@ def generate_shapes_dataset(
             f"questions_per_image must be an integer in [1, {max_questions}], got {questions_per_image!r}"
         )
 
+    check_scene_options(min_shapes, max_shapes, shape_scale)  # before anything is written
+    # only what differs from the default scenes is passed on
+    scene_args = {k: v for k, v in dict(min_shapes=min_shapes, max_shapes=max_shapes, shape_scale=shape_scale).items()
+                  if v != {"min_shapes": 1, "max_shapes": 3, "shape_scale": 1.0}[k]}
     out = Path(out_dir)
     scenes: dict[str, dict] = {}
     stage1, stage2, test = [], [], []
@@ -403,10 +475,10 @@ def generate_shapes_dataset(
         balancer = QuestionBalancer(weights, types)
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
-            scene = random_scene(rng)
+            scene = random_scene(rng, **scene_args)
             signature = _scene_signature(scene, image_size)
             while split == "test" and signature in train_signatures:
-                scene = random_scene(rng)
+                scene = random_scene(rng, **scene_args)
                 signature = _scene_signature(scene, image_size)
             if split == "train":
                 train_signatures.add(signature)

@@ -54,10 +54,19 @@ class RWKVConfig:
     a_rank: int = 0  # RWKV-7 in-context-rate LoRA; 0: as decay_rank's formula
     value_rank: int = 0  # RWKV-7 value-residual LoRA; 0: max(32, round(1.3·√C/32)·32)
     gate_rank: int = 0  # RWKV-7 gate LoRA; 0: max(32, round(0.6·C^0.8/32)·32)
+    # RWKV-6 only, for ablations (paper Tab. 4): the decay is `time_decay` alone, the same for every
+    # token, instead of time_decay + the LoRA of the token (its matrices stay as zeros, untrained)
+    static_decay: bool = False
 
     def __post_init__(self):
         # a config.json is user input: wrong types and absurd sizes are refused before anything is built
+        if type(self.static_decay) is not bool:
+            raise ValueError(f"RWKVConfig.static_decay must be true or false, got {self.static_decay!r}")
+        if self.static_decay and self.version != 6:
+            raise ValueError("static_decay is an RWKV-6 option (RWKV-7's decay is always data-dependent)")
         for f in fields(self):
+            if f.name == "static_decay":
+                continue
             value = getattr(self, f.name)
             if type(value) is not int or not 0 <= value <= MAX_CONFIG_SIZE:
                 raise ValueError(f"RWKVConfig.{f.name} must be an integer in [0, {MAX_CONFIG_SIZE}], got {value!r}")
@@ -178,8 +187,15 @@ class TimeMix(nn.Module):
         self.time_maa_w1 = nn.Parameter(torch.zeros(C, 5 * cfg.mix_rank))
         self.time_maa_w2 = nn.Parameter(torch.zeros(5, cfg.mix_rank, C))
         self.time_decay = nn.Parameter(torch.zeros(1, 1, C))
-        self.time_decay_w1 = nn.Parameter(torch.zeros(C, cfg.decay_rank))
-        self.time_decay_w2 = nn.Parameter(torch.zeros(cfg.decay_rank, C))
+        self.static_decay = cfg.static_decay
+        if cfg.static_decay:
+            # no decay LoRA: zero buffers keep the layout every other path reads (the compiled step,
+            # quantization), where a zero LoRA adds exactly nothing; not saved, never trained
+            self.register_buffer("time_decay_w1", torch.zeros(C, cfg.decay_rank), persistent=False)
+            self.register_buffer("time_decay_w2", torch.zeros(cfg.decay_rank, C), persistent=False)
+        else:
+            self.time_decay_w1 = nn.Parameter(torch.zeros(C, cfg.decay_rank))
+            self.time_decay_w2 = nn.Parameter(torch.zeros(cfg.decay_rank, C))
         self.time_faaaa = nn.Parameter(torch.zeros(H, N))
         self.receptance = Linear(C, C)
         self.key = Linear(C, C)
@@ -205,8 +221,7 @@ class TimeMix(nn.Module):
 
         r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
         g = F.silu(self.gate(xg))
-        w_raw = self.time_decay + rows_matmul(torch.tanh(rows_matmul(xw, self.time_decay_w1)), self.time_decay_w2)
-        log_w = -torch.exp(w_raw.float())
+        log_w = self.log_decay(xw)
 
         def heads(t):
             return t.view(B, T, H, N)
@@ -215,6 +230,15 @@ class TimeMix(nn.Module):
         y = F.group_norm(y.reshape(B * T, C), H, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x.eps)
         out = self.output(y.view(B, T, C).to(x.dtype) * g)
         return out, x[:, -1], wkv_state
+
+
+    def log_decay(self, xw: Tensor) -> Tensor:
+        """log w per token [B, T, C] (fp32): from the token's own input through the decay LoRA, or,
+        with `static_decay`, `time_decay` alone, the same for every token."""
+        if self.static_decay:
+            return (-torch.exp(self.time_decay.float())).expand(*xw.shape[:2], -1)
+        w_raw = self.time_decay + rows_matmul(torch.tanh(rows_matmul(xw, self.time_decay_w1)), self.time_decay_w2)
+        return -torch.exp(w_raw.float())
 
 
 class ChannelMix(nn.Module):
@@ -400,7 +424,9 @@ class RWKV(nn.Module):
             att.time_maa_w2.uniform_(-0.01, 0.01)
             att.time_decay.copy_((-6 + 5 * (n / max(C - 1, 1)).pow(0.7 + 1.3 * ratio0)).view(1, 1, C))
             att.time_decay_w1.zero_()
-            att.time_decay_w2.uniform_(-0.01, 0.01)
+            att.time_decay_w2.uniform_(-0.01, 0.01)  # drawn either way: the other tensors' draws stay the same
+            if cfg.static_decay:
+                att.time_decay_w2.zero_()
             u = ratio0 * (1 - n / max(C - 1, 1)) + ((n + 1) % 3 - 1) * 0.1
             att.time_faaaa.copy_(u.view(cfg.n_head, cfg.head_size))
             ffn.time_maa_k.copy_((1 - ddd.pow(ratio1)).view(1, 1, C))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16")
 DISTRIBUTED = ("ddp", "fsdp")
+LOSS_REDUCTIONS = ("sample", "token")
 LM_STAGE2 = ["rwkv.blocks.*", "rwkv.ln_out.*", "rwkv.head.*", "proj.*"]
 # what the `finetune` preset sets from the dataset's size and the model (see `fit_to_data`)
 # the learning rate `fit` sets, times the plain fine-tune's: adapters start at zero and move few
@@ -100,6 +101,9 @@ class TrainConfig:
                         group="optimisation")
     max_steps: int = opt(0, "> 0: train exactly this many optimizer steps instead of `epochs`",
                          group="optimisation")
+    loss_reduction: str = opt("sample", "sample: each sample's mean cross-entropy, averaged over the global batch "
+                              "(SPEC §7.6, v6.0 and v7.00); token: the mean over every answer token of the global "
+                              "batch (v5.x; the paper's App. D ablation)", group="optimisation")
     l2wrap: bool = opt(True, "RWKV's L2Wrap: nudge each position's largest logit towards 0", group="optimisation")
     precision: str = opt("fp32", "fp32, or bf16 (autocast; the weights and optimizer stay fp32)",
                          group="optimisation")
@@ -131,6 +135,8 @@ class TrainConfig:
             raise ValueError(f"projector must be linear, mlp, hd or empty (the model's own), got {self.projector!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         if self.distributed not in DISTRIBUTED:
             raise ValueError(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
         for name in ("ctx_len", "micro_batch_size", "grad_accum"):

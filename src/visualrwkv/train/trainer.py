@@ -55,13 +55,16 @@ class L2Wrap(torch.autograd.Function):
 class TrainingStep(nn.Module):
     """Wraps the model so that DDP/FSDP see one forward that returns per-sample losses."""
 
-    def __init__(self, model: VisualRWKV, l2wrap: bool):
+    def __init__(self, model: VisualRWKV, l2wrap: bool, reduction: str = "sample"):
         super().__init__()
         self.model = model
         self.l2wrap = l2wrap
+        self.reduction = reduction
 
     def forward(self, input_ids, pixel_values, labels, ctx_len: int, loss_scale: float = 1.0) -> Tensor:
-        """Per-sample mean cross-entropy [B]; `loss_scale` is the factor the caller applies to their sum."""
+        """Per-sample cross-entropy [B]: the mean over the sample's labels (reduction "sample") or their
+        sum ("token", the caller dividing by the batch's label count); `loss_scale` is the factor the
+        caller applies to their sum."""
         model = self.model
         batch = model.embed_batch(input_ids, pixel_values, labels, ctx_len)
         hidden, _ = model.hidden_states(batch.embeds, batch.spans)
@@ -72,10 +75,13 @@ class TrainingStep(nn.Module):
         # logits only where a label is: the [B, T, 65536] tensor would dominate time and memory
         logits = model.rwkv.project(hidden[:, :-1][supervised]).float()
         ce = F.cross_entropy(logits, targets[supervised], reduction="none")
+        sample_mean = self.reduction == "sample"
         if self.l2wrap and logits.requires_grad:
-            ce = L2Wrap.apply(ce, logits, loss_scale / per_row[rows].float())
+            # each position's weight in the loss: 1 / its row's label count, or 1 in a token mean
+            weights = loss_scale / per_row[rows].float() if sample_mean else torch.full_like(ce, loss_scale)
+            ce = L2Wrap.apply(ce, logits, weights)
         per_sample = torch.zeros(len(input_ids), device=ce.device).index_add(0, rows, ce)
-        return per_sample / per_row
+        return per_sample / per_row if sample_mean else per_sample
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -192,7 +198,7 @@ class Trainer:
         # an epoch is one pass: its last step may have fewer micro-batches (see `_steps`)
         steps_per_epoch = max(1, math.ceil(len(self.sampler.shard(0)) / (cfg.micro_batch_size * cfg.grad_accum)))
         self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-        self.step_module = self._wrap(TrainingStep(self.model, cfg.l2wrap))
+        self.step_module = self._wrap(TrainingStep(self.model, cfg.l2wrap, cfg.loss_reduction))
         params = [p for p in self.step_module.parameters() if p.requires_grad]
         # matrices decay; vectors (squeezed rank < 2: norms, mixes, biases) do not (SPEC §8.3)
         decay = [p for p in params if sum(d > 1 for d in p.shape) >= 2]
@@ -339,11 +345,12 @@ class Trainer:
             for group in self.optimizer.param_groups:  # every group, decayed or not (SPEC §8.3 quirk 1)
                 group["lr"] = lr
             micro, epoch, consumed = next(steps)
-            local = sum(len(b["ids"]) for b in micro)
-            total = torch.tensor([local], dtype=torch.float64)
+            # what the loss is a mean over: the step's samples, or its answer tokens (loss_reduction)
+            local = sum(self._loss_units(b) for b in micro)
+            counts = torch.tensor([local, sum(len(b["ids"]) for b in micro)], dtype=torch.float64)
             if self.dist.world_size > 1:
-                dist.all_reduce(total)
-            total = float(total.item())
+                dist.all_reduce(counts)
+            total, global_samples = float(counts[0]), int(counts[1])
             loss_sum = 0.0
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1 or self.dist.world_size == 1
@@ -365,7 +372,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-            self.samples_seen += int(total)
+            self.samples_seen += global_samples
             mean_loss = loss_sum / local
             if progress is not None:
                 elapsed = time.perf_counter() - t_start
@@ -407,6 +414,13 @@ class Trainer:
             json.dump({"accuracy": result.accuracy, "total": result.total, "per_type": result.per_type,
                        **({"per_turn": result.per_turn} if len(result.per_turn) > 1 else {}),
                        "wrong_examples": result.examples}, f, indent=2)
+
+    def _loss_units(self, batch) -> int:
+        """How many terms this micro-batch adds to the loss's mean: its samples, or for a token mean
+        its labels (every label but a row's first position is a target: that one is a human token)."""
+        if self.cfg.loss_reduction == "sample":
+            return len(batch["ids"])
+        return sum(int((row[:n] != IGNORE_INDEX).sum()) for row, n in zip(batch["labels"], batch["lengths"].tolist()))
 
     def _inputs(self, batch):
         ids = [row[:n].tolist() for row, n in zip(batch["input_ids"], batch["lengths"].tolist())]

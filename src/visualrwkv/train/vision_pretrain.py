@@ -67,14 +67,14 @@ class ShapesProbe(nn.Module):
     sequence and has no position encoding of its own to tell left from right.
     """
 
-    def __init__(self, width: int, rows: int, cols: int):
+    def __init__(self, width: int, rows: int, cols: int, max_count: int = 3):
         super().__init__()
         self.patch_heads = nn.ModuleList(
             nn.Linear(width, n + 1) for n in (len(COLOR_NAMES), len(KINDS), POSITION_BINS, POSITION_BINS)
         )
         self.row = nn.Linear(width, rows)
         self.col = nn.Linear(width, cols)
-        self.count = nn.Linear(width, 3)
+        self.count = nn.Linear(width, max_count)  # classes 0..max_count-1 are 1..max_count shapes
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         batch = tokens.shape[0]
@@ -128,7 +128,9 @@ def pretrain_tiny_vision(cfg, log=print) -> Path:
         raise ValueError(f"{scenes_path} has no training images")
     test = _load_split(data_dir, meta["scenes"], "test", vit)
 
-    probe = ShapesProbe(vit.hidden_size, *vit.patch_grid)
+    # the shipped data holds 1–3 shapes, the harder variant up to 6
+    max_count = max(3, max(len(s["shapes"]) for s in meta["scenes"].values()))
+    probe = ShapesProbe(vit.hidden_size, *vit.patch_grid, max_count=max_count)
     vit.trainable = True
     vit.train()
     params = list(vit.parameters()) + list(probe.parameters())
