@@ -173,6 +173,30 @@ def test_bad_adapters_get_one_clear_error(base_dir, tmp_path):
         lora_config(new_model(), ["nothing.*"], 2, 2.0, 0.0)
 
 
+def test_an_adapter_of_twenty_or_more_layers_reloads(tmp_path):
+    # peft saves a target list of 20 or more full names as the shortest suffixes that pick the same layers
+    # ("key", "gate", ...): what the shipped model's adapters (4 layers, 33 targets) hold
+    deeper = json.loads(json.dumps(MODEL))
+    deeper["rwkv"]["n_layer"] = 3
+    torch.manual_seed(0)
+    VisualRWKV(VisualRWKVConfig.from_dict(deeper)).save_pretrained(tmp_path / "base")
+    model = VisualRWKV.from_pretrained(tmp_path / "base")
+    trained = add_lora(model, lora_config(model, LORA_TARGETS, 4, 8.0, 0.0))
+    assert len({n.split(".lora_")[0] for n in trained}) == 3 * 8 + 1
+    randomize_lora(model)
+    params = dict(model.named_parameters())
+    save_lora(tmp_path / "a", model.peft_config["default"], {n: params[n] for n in trained})
+    saved = json.loads((tmp_path / "a" / ADAPTER_CONFIG).read_text())["target_modules"]
+    assert "key" in saved and not any(t.startswith("rwkv.blocks.") for t in saved)
+    ids, pixels = inputs(model)
+    with torch.no_grad():
+        want, _ = model(ids, pixels)
+        got, _ = VisualRWKV.from_pretrained(tmp_path / "base", adapter=tmp_path / "a")(ids, pixels)
+        plain, _ = VisualRWKV.from_pretrained(tmp_path / "base")(ids, pixels)
+    assert torch.allclose(got, want, atol=1e-5, rtol=0)
+    assert (plain - want).abs().max() > 1e-3
+
+
 def _ddp_worker(rank, world_size, port, cfg_dict):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))

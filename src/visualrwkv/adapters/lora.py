@@ -118,9 +118,11 @@ def load_lora(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     from peft import set_peft_model_state_dict
 
     config, tensors = read_lora(directory)
-    own = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    own = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     targets = config.target_modules if isinstance(config.target_modules, (set, list)) else None
-    missing = sorted(set(targets) - own) if targets is not None else []
+    # peft matches a listed target by the module's full name or by its last dotted parts, and it saves
+    # a long list of full names (20 or more) as the shortest such suffixes ("key", "gate", ...)
+    missing = sorted(t for t in targets if not any(n == t or n.endswith("." + t) for n in own)) if targets else []
     if missing:
         raise ValueError(f"--adapter {directory}: made for another model: no layer {missing[0]} here")
     add_lora(model, config)
