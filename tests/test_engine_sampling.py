@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -528,3 +530,197 @@ def test_zero_weight_texts_are_exactly_space_tab_and_the_ten_digits(tokenizer):
     for (t,) in others:
         sampler.record(row, t)
     assert [row.occurrence[t] for (t,) in others] == pytest.approx([0.996**3, 0.996**2, 0.996, 1.0], rel=1e-12)
+
+
+# ---------------------------------------------------------------- edges: bad input, dtypes, the draw, candidate sets
+
+
+def _sample_or_distribution(entry: str, logits, rows: int = 1):
+    params = [SamplingParams(seed=0)] * rows
+    if entry == "sample":
+        sampler = Sampler(fake_token_bytes)
+        return sampler.sample(logits, [sampler.new_row(p) for p in params])
+    return sampling_distribution(logits, params)
+
+
+@pytest.mark.parametrize("entry", ["sample", "distribution"])
+def test_both_entry_points_refuse_bad_logits_with_one_clear_error(entry):
+    cases = [
+        (torch.zeros(2, 5), r"logits has 2 rows but 1 sampling rows"),
+        (torch.zeros(5), r"float tensor \[B, V\], got torch.Size\(\[5\]\)"),
+        (torch.zeros(1, 2, 5), r"float tensor \[B, V\]"),
+        (torch.zeros(1, 5, dtype=torch.long), r"float tensor \[B, V\]"),
+        ([[0.0, 1.0]], r"float tensor \[B, V\], got <class 'list'>"),
+        (torch.zeros(1, 0), "empty vocabulary"),
+        (torch.tensor([[0.0, float("nan"), 1.0]]), "NaN"),
+    ]
+    for logits, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _sample_or_distribution(entry, logits)
+    # ... and well-formed ones pass, a batch of two included
+    _sample_or_distribution(entry, torch.zeros(2, 5), rows=2)
+
+
+def test_infinite_logits_are_refused_naming_the_row_before_any_draw():
+    sampler = Sampler(fake_token_bytes)
+    rows = [sampler.new_row(SamplingParams(temperature=0)), sampler.new_row(SamplingParams(seed=1)),
+            sampler.new_row(SamplingParams(seed=2))]
+    logits = torch.zeros(3, 4)
+    logits[2, 1] = float("inf")  # softmax of +inf is NaN: no token has a usable weight
+    states = [row.generator.get_state() for row in rows]
+    with pytest.raises(ValueError, match=r"^row 2: no next token has a finite positive weight"):
+        sampler.sample(logits, rows)
+    # a failed call draws nothing and counts nothing: every generator and count as before
+    assert all(torch.equal(row.generator.get_state(), s) for row, s in zip(rows, states))
+    assert all(row.occurrence == {} for row in rows)
+    with pytest.raises(ValueError, match=r"^row 0: no next token"):
+        sampler.sample(torch.full((1, 4), float("-inf")), rows[1:2])
+
+
+def test_minus_infinity_masks_tokens_out():
+    logits = torch.tensor([[0.0, float("-inf"), 0.0, float("-inf")]])
+    for temperature in (1.0, 0.5):
+        dist = sampling_distribution(logits, [SamplingParams(top_p=1.0, temperature=temperature)])
+        assert dist.tolist() == [[0.5, 0.0, 0.5, 0.0]]
+    sampler = Sampler(fake_token_bytes)
+    row = sampler.new_row(SamplingParams(top_p=1.0, seed=0))
+    assert {sampler.sample(logits, [row], record=False)[0] for _ in range(50)} == {0, 2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_are_sampled_as_their_float32_values(dtype):
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 50, generator=gen) * 4).to(dtype)
+    params = [SamplingParams(temperature=0.8, top_p=0.7, seed=1), SamplingParams(temperature=0),
+              SamplingParams(top_p=1.0, top_k=5, temperature=1.3, seed=2)]
+    dist = sampling_distribution(logits, params)
+    assert dist.dtype == torch.float32
+    assert torch.equal(dist, sampling_distribution(logits.float(), params))
+    half, full = Sampler(fake_token_bytes), Sampler(fake_token_bytes)
+    half_rows, full_rows = [half.new_row(p) for p in params], [full.new_row(p) for p in params]
+    for _ in range(20):
+        assert half.sample(logits, half_rows) == full.sample(logits.float(), full_rows)
+
+
+def test_distribution_of_greedy_rows_is_one_hot_beside_sampled_rows():
+    logits = torch.stack([
+        torch.tensor([2.0, 5.0, 5.0, 1.0]),  # greedy: the lowest id among the tied maxima
+        probs_to_logits([0.05, 0.5, 0.15, 0.3])[0],  # top-p 0.7 keeps tokens 1 and 3
+        torch.tensor([0.0, 1.0, 2.0, 3.0]),  # greedy too: a temperature under GREEDY_BELOW
+    ])
+    params = [SamplingParams(temperature=0), SamplingParams(top_p=0.7), SamplingParams(temperature=1e-6)]
+    dist = sampling_distribution(logits, params)
+    assert dist.dtype == torch.float32
+    assert dist[0].tolist() == [0.0, 1.0, 0.0, 0.0] and dist[2].tolist() == [0.0, 0.0, 0.0, 1.0]
+    torch.testing.assert_close(dist[1], torch.tensor([0.0, 0.5 / 0.8, 0.0, 0.3 / 0.8]))
+    # every row alone gives the same row
+    for b, p in enumerate(params):
+        assert torch.equal(sampling_distribution(logits[b : b + 1], [p])[0], dist[b])
+
+
+@pytest.mark.parametrize("u, expected", [(0.0, 1), (0.3, 1), (0.62, 1), (0.63, 2), (0.99, 2),
+                                         (float(np.nextafter(np.float32(1), np.float32(0))), 2), (1.0, 2)])
+def test_the_draw_maps_a_uniform_through_the_kept_tokens_cdf(monkeypatch, u, expected):
+    # top-p 0.7 keeps tokens 1 and 2 (weights 0.5 and 0.3: 0.625 and 0.375 of the mass); 0 and 3 have no width
+    # in the cdf, so no uniform reaches them: not u = 0 (torch.rand's lowest value) at the truncated first
+    # token, nor a u * total that rounds to the total (u = 1.0 here) past the last kept token
+    logits = probs_to_logits([0.1, 0.5, 0.3, 0.1])
+    sampler = Sampler(fake_token_bytes)
+    row = sampler.new_row(SamplingParams(top_p=0.7, seed=0))
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.tensor([u], dtype=torch.float32))
+    assert sampler.sample(logits, [row], record=False) == [expected]
+
+
+@pytest.mark.parametrize("u", [0.0, 0.5, 1.0])
+def test_a_single_kept_token_is_drawn_whatever_the_uniform(monkeypatch, u):
+    # top-k 1 keeps only token 0 (the first position): every uniform picks it, 1.0 included
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.tensor([u], dtype=torch.float32))
+    sampler = Sampler(fake_token_bytes)
+    rows = [sampler.new_row(SamplingParams(top_p=1.0, top_k=1, seed=0)) for _ in range(2)]
+    logits = torch.stack([probs_to_logits([0.7, 0.2, 0.1])[0], probs_to_logits([0.1, 0.2, 0.7])[0]])
+    assert sampler.sample(logits, rows, record=False) == [0, 2]
+
+
+def test_top_k_ties_go_to_the_lower_ids_in_the_full_sort_too():
+    # 40 equal tokens: the order of ties is the sort's, which only a stable sort gives by id
+    assert kept_set([1 / 40] * 40, top_p=1.0, top_k=3) == {0, 1, 2}
+    probs = [0.3] + [0.7 / 39] * 39
+    assert kept_set(probs, top_p=1.0, top_k=4) == {0, 1, 2, 3}
+
+
+def test_stable_descending_of_a_long_row_with_many_ties():
+    from visualrwkv.engine.sampling import _stable_descending
+
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randint(0, 3, (2, 64), generator=gen).float()
+    ids = torch.stack([torch.randperm(64, generator=gen) for _ in range(2)])
+    v, i = _stable_descending(values, ids)
+    for b in range(2):
+        expected = sorted(zip(values[b].tolist(), ids[b].tolist()), key=lambda pair: (-pair[0], pair[1]))
+        assert list(zip(v[b].tolist(), i[b].tolist())) == expected
+
+
+def test_top_p_keeps_ties_with_the_cutoff_beyond_every_candidate_set():
+    # one token holds half the mass, 2999 tie for the rest: the cut (mass 0.6) lies among the tied tokens, so
+    # every one of them stays, the ~2000 that no topk(1025) candidate set holds included
+    vocab = 3000
+    logits = torch.zeros(1, vocab)
+    logits[0, 7] = math.log(vocab - 1)
+    dist = sampling_distribution(logits, [SamplingParams(top_p=0.6)])
+    assert int((dist[0] > 0).sum()) == vocab
+
+
+def keep_sorted_calls(monkeypatch, logits, params) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """The distribution, and (width, rows) of every `_keep_sorted` call: which candidate level decided each cut."""
+    import visualrwkv.engine.sampling as sampling
+
+    calls = []
+    real = sampling._keep_sorted
+
+    def recording(sorted_probs, p, k):
+        calls.append((sorted_probs.shape[-1], sorted_probs.shape[0]))
+        return real(sorted_probs, p, k)
+
+    monkeypatch.setattr(sampling, "_keep_sorted", recording)
+    return sampling_distribution(logits, params), calls
+
+
+@pytest.mark.parametrize("vocab, top_p, top_k, expected_calls", [
+    (1025, 1.0, 5, [(1025, 2)]),  # 1024 candidates + 1 would be the whole vocabulary: straight to the full sort
+    (1026, 1.0, 5, [(1024, 2)]),
+    (1026, 1.0, 1024, [(1024, 2)]),  # k = 1024 is decided by the 1024 candidates
+    (1026, 1.0, 1025, [(1024, 2), (1026, 2)]),
+    (9000, 1.0, 8192, [(1024, 2), (8192, 2)]),
+    (8193, 1.0, 8192, [(1024, 2), (8193, 2)]),
+    (3000, 1.0, 0, []),  # nothing truncated: nothing sorted
+    (3000, 1.0, 3000, []),  # top-k = the vocabulary truncates nothing either
+])
+def test_candidate_levels_at_their_boundaries(monkeypatch, vocab, top_p, top_k, expected_calls):
+    gen = torch.Generator().manual_seed(vocab + top_k)
+    logits = torch.randn(2, vocab, generator=gen) * 2  # continuous: no ties at any boundary
+    params = [SamplingParams(top_p=top_p, top_k=top_k)] * 2
+    dist, calls = keep_sorted_calls(monkeypatch, logits, params)
+    assert calls == expected_calls
+    probs = torch.softmax(logits, dim=-1)
+    for b in range(2):
+        assert set(torch.nonzero(dist[b]).flatten().tolist()) == reference_keep(probs[b], top_p, top_k)
+
+
+@settings(derandomize=True, max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from([1025, 1026, 1500, 8193, 9000]),
+    st.integers(0, 2**31),
+    st.sampled_from([0.0, 0.25, 4.0, 64.0]),  # the grid logits are rounded to (0: none): ties, also at boundaries
+    st.floats(0.0, 1.0),
+    st.sampled_from([0, 1, 3, 1023, 1024, 1025, 8191, 8192, 8193]),
+    st.sampled_from([0.5, 3.0, 9.0]),
+)
+def test_candidate_fast_path_keeps_what_the_full_sort_keeps(vocab, seed, grid, top_p, top_k, scale):
+    logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+    if grid:
+        logits = torch.round(logits * grid) / grid
+    params = [SamplingParams(top_p=top_p, top_k=top_k)] * 2
+    dist = sampling_distribution(logits, params)
+    probs = torch.softmax(logits, dim=-1)
+    for b in range(2):
+        assert set(torch.nonzero(dist[b]).flatten().tolist()) == reference_keep(probs[b], top_p, top_k)
