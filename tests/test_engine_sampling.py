@@ -481,21 +481,10 @@ def expected_levels(probs: torch.Tensor, top_p: float, top_k: int) -> list[str]:
 def test_candidate_levels_decide_the_cut_where_they_can(monkeypatch, scale, top_p, top_k):
     # the full-sort fallback would hide a broken candidate path (same kept set, only slower), so the path is checked:
     # how many rows each level looked at, against where the cut lies
-    import visualrwkv.engine.sampling as sampling
-
     gen = torch.Generator().manual_seed(int(scale * 10) + top_k)
     logits = torch.randn(3, 20000, generator=gen) * scale
     logits[1] = torch.round(logits[1] * 64) / 64  # ties, also at the boundaries
-    calls = []
-    real = sampling._keep_sorted
-
-    def recording(sorted_probs, p, k):
-        calls.append((sorted_probs.shape[-1], sorted_probs.shape[0]))
-        return real(sorted_probs, p, k)
-
-    monkeypatch.setattr(sampling, "_keep_sorted", recording)
-    params = [SamplingParams(top_p=top_p, top_k=top_k)] * 3
-    dist = sampling_distribution(logits, params)
+    dist, calls = keep_sorted_calls(monkeypatch, logits, [SamplingParams(top_p=top_p, top_k=top_k)] * 3)
     levels = expected_levels(torch.softmax(logits, dim=-1), top_p, top_k)
     pending, expected_calls = 3, []
     for width in (1024, 8192, 20000):
