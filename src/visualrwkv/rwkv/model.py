@@ -231,7 +231,6 @@ class TimeMix(nn.Module):
         out = self.output(y.view(B, T, C).to(x.dtype) * g)
         return out, x[:, -1], wkv_state
 
-
     def log_decay(self, xw: Tensor) -> Tensor:
         """log w per token [B, T, C] (fp32): from the token's own input through the decay LoRA, or,
         with `static_decay`, `time_decay` alone, the same for every token."""
