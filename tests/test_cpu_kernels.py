@@ -1,6 +1,8 @@
 """The compiled CPU decoding kernels (ops/rwkv_cpu.cpp): built here, equal to the PyTorch step."""
 
+import os
 import shutil
+import sys
 
 import pytest
 import torch
@@ -199,6 +201,20 @@ def test_a_failed_build_falls_back_with_a_warning(tmp_path, monkeypatch):
             assert lm(torch.randint(0, V, (1, 1)))[0].isfinite().all()
     finally:
         cpu_kernels.library.cache_clear()
+
+
+def test_the_compiler_runs_in_its_own_session(tmp_path, monkeypatch):
+    """A Ctrl-C at the terminal goes to the whole foreground process group; a compiler in that group
+    would die of it and leave the kernels off for the rest of the process (CI caught a chat doing so)."""
+    real = shutil.which("g++") or shutil.which("c++")
+    wrapper = tmp_path / "cxx"
+    wrapper.write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec {real} --version\n'
+                       f'{sys.executable} -c "import os; print(os.getsid(0))" > {tmp_path / "sid"}\n'
+                       f'exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("VISUALRWKV_CACHE", str(tmp_path / "cache"))
+    assert cpu_kernels._build(str(wrapper)).exists()
+    assert int((tmp_path / "sid").read_text()) != os.getsid(0)
 
 
 def test_the_switch_turns_the_kernels_off(monkeypatch):

@@ -104,7 +104,10 @@ def _build(compiler: str) -> Path:
     os.close(fd)
     print(f"compiling the CPU kernel (once, into {target.parent})…", file=sys.stderr, flush=True)
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+        # its own session: a Ctrl-C at the terminal stops the user's answer, not this one-time build
+        # (a compiler killed by the SIGINT would leave the kernels off for the rest of the process)
+        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300,
+                              start_new_session=True)
         if done.returncode:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)  # atomic: a concurrent process sees the whole library or none
