@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from visualrwkv.ablate import runner
+from visualrwkv.ablate.recipe import RECIPES, stage_configs
 from visualrwkv.ablate.report import claim_verdict, study_verdict, write_report
 from visualrwkv.ablate.studies import STUDIES, Claim, distinct_arms, studies_of
 from visualrwkv.cli import main
@@ -113,8 +114,18 @@ def test_a_resumed_study_must_use_the_same_recipe(tmp_path):
 
 def test_shared_arms_are_one_run():
     arms = distinct_arms(studies_of("all"))
-    assert len(arms) == 9  # 13 arms, the baseline shared by all five studies
-    assert len({a.key for a in arms}) == 9
+    assert len(arms) == 10  # 13 arms: the baseline shared by four studies; the loss study's two on the mixed data
+    assert len({a.key for a in arms}) == 10
+
+
+def test_the_loss_arms_train_on_answers_of_different_lengths(tmp_path):
+    """On the one-word answers alone both reductions are the same loss (the first full run came out
+    bit-identical); the loss study mixes the captions in, and only it does."""
+    for study in studies_of("all"):
+        for arm in study.arms:
+            data = stage_configs(RECIPES["smoke"], arm.factors, 0, tmp_path, tmp_path, tmp_path)[-1].data_files
+            assert data[0].endswith("stage2.json")
+            assert (len(data) == 2 and data[1].endswith("stage1.json")) == (study.name == "loss"), (study.name, data)
 
 
 # ---------------------------------------------------------------- static decay

@@ -34,7 +34,7 @@ class Recipe:
 
 
 RECIPES = {
-    # `--study all --seeds 3` is 9 distinct arms × 3 seeds. Steps: on this data 200 gave 29.7% held-out,
+    # `--study all --seeds 3` is 10 distinct arms × 3 seeds. Steps: on this data 200 gave 29.7% held-out,
     # 300 gave 35.0% (the majority-answer baseline is 33.7%), 400 gave 46.3%: fewer would compare
     # models that learned nothing. About 4 min a run on a free core, so some 2 hours in all.
     "default": Recipe(train_images=3000, test_images=100, vision_steps=600, steps=450, caption_steps=90, batch=16,
@@ -73,7 +73,8 @@ def stage_configs(recipe: Recipe, factors: dict, seed: int, data_dir: Path, visi
     common = dict(trainable=TINY_TRAINABLE, ctx_len=recipe.ctx_len, micro_batch_size=recipe.batch, l2wrap=False,
                   seed=seed, progress=False, loss_reduction=factors["loss"])
     model = model_config(recipe, factors, vision_dir)
-    questions = TrainConfig(data=str(data_dir / "stage2.json"), image_position=factors["position"], lr=recipe.lr,
+    data = [data_dir / "stage2.json"] + ([data_dir / "stage1.json"] if factors["mix"] == "questions+captions" else [])
+    questions = TrainConfig(data=",".join(map(str, data)), image_position=factors["position"], lr=recipe.lr,
                             lr_final=recipe.lr / 10, warmup_steps=min(10, recipe.steps // 10),
                             max_steps=recipe.steps, log_every=max(1, recipe.steps // 4),
                             save_every=max(1, recipe.steps // 2), eval_heldout=str(data_dir / "test.json"),
