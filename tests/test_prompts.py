@@ -11,7 +11,10 @@ from visualrwkv.prompts import (
     ConversationError,
     TurnText,
     build_inference_prompt,
+    check_image_count,
+    check_prompt_format,
     default_tokenizer,
+    layout_position,
     normalize_value,
     render_conversation,
     render_text,
@@ -132,6 +135,74 @@ def test_sandwich_all_human_multi_turn():
         f"User: What is it?\nWhich colour?\n\n{PHRASE}\n<image>\nWhat is it?\n{PHRASE}\n\n"
     )
     assert turns[2].text == f"User: Which colour?\n{PHRASE}\n\n"
+
+
+TWO_QUESTIONS = [
+    {"from": "human", "value": f"<image>\nWhat is it?\n{PHRASE}"},
+    {"from": "gpt", "value": "A bus"},
+    {"from": "human", "value": f"Which colour?\n{PHRASE}"},
+    {"from": "gpt", "value": "Red"},
+]
+
+
+def test_multi_turn_renderings_differ_only_in_what_the_image_turn_lists():
+    """"official" lists every question in the image turn (the official training code); "chat" only the
+    image turn's own, as a live chat renders the first turn before the next question exists."""
+    official = render_conversation(TWO_QUESTIONS, "middle", multi_turn="official")
+    chat = render_conversation(TWO_QUESTIONS, "middle", multi_turn="chat")
+    assert official[0].text == f"User: What is it?\nWhich colour?\n{PHRASE}\n<image>\nWhat is it?\n{PHRASE}\n\n"
+    assert chat[0].text == f"User: What is it?\n<image>\nWhat is it?\n{PHRASE}\n\n"
+    assert [t.text for t in official[1:]] == [t.text for t in chat[1:]] == [
+        "Assistant: A bus\n\n", f"User: Which colour?\n{PHRASE}\n\n", "Assistant: Red\n\n"]
+    assert render_conversation(BUS, "middle", multi_turn="chat") == render_conversation(BUS, "middle")
+    with pytest.raises(ValueError, match="multi_turn must be one of"):
+        render_conversation(BUS, "middle", multi_turn="all")
+
+
+def test_the_v7_format_puts_images_first_whatever_the_position():
+    first = render_conversation(TWO_QUESTIONS, "first")
+    assert first[0].text == f"User: <image>\nWhat is it?\n{PHRASE}\n\n"
+    for position in ("first", "middle", "last"):
+        assert render_conversation(TWO_QUESTIONS, position, prompt_format="v7") == first
+    assert render_text(BUS, "middle", "v7") == f"User: <image>\nWhat is the color of the bus?\n{PHRASE}\n\nAssistant: Red\n\n"
+    assert layout_position("v7", "last") == "first"
+    assert [layout_position("v6", p) for p in ("first", "middle", "last")] == ["first", "middle", "last"]
+    assert check_prompt_format("v6") == "v6" and check_prompt_format("v7") == "v7"
+    with pytest.raises(ValueError, match="prompt_format must be one of"):
+        check_prompt_format("v8")
+    with pytest.raises(ValueError, match="prompt_format must be one of"):
+        render_conversation(BUS, "middle", prompt_format="v0700")
+
+
+def test_the_v7_format_always_counts_images(tok):
+    """v7 data rows may hold several images or none; the tags must match them, no `image` meaning 0."""
+    text_only = [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello"}]
+    assert tokenize_conversation(text_only, tok, prompt_format="v7").num_images == 0
+    with pytest.raises(ConversationError, match="1 <image> tag\\(s\\) but 0 image\\(s\\)"):
+        tokenize_conversation(BUS, tok, prompt_format="v7")
+    assert tokenize_conversation(BUS, tok, prompt_format="v7", num_images=1).num_images == 1
+    assert tokenize_conversation(BUS, tok).num_images == 1  # v6 without num_images: the tags are the count
+
+
+@pytest.mark.parametrize("n, most, message", [
+    (2, 1, "this model takes one image per conversation, got 2"),
+    (4, 3, "this model takes at most 3 images per conversation, got 4"),
+])
+def test_too_many_images_is_one_line(n, most, message):
+    with pytest.raises(ConversationError) as error:
+        check_image_count(n, most)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("n, most", [(0, 1), (1, 1), (3, 3), (0, 0), (50, None)])
+def test_as_many_images_as_the_model_takes_pass(n, most):
+    assert check_image_count(n, most) is None
+
+
+def test_rendered_turns_are_frozen():
+    turn = render_conversation(BUS)[0]
+    with pytest.raises(AttributeError):
+        turn.text = "User: something else\n\n"
 
 
 def test_several_images_kept_in_order_at_position(tok):
