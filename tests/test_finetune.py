@@ -58,6 +58,17 @@ def test_fit_sizes_batch_and_passes_to_the_data(rows, world, expected):
     assert fit(TrainConfig(fit_to_data=["lr"]), model_config(n_embd=2048)) == {"lr": 0.0001221}
 
 
+@pytest.mark.parametrize("width", [128, 2048])
+def test_adapters_learning_rates(width):
+    """LoRA: 5x the fine-tune's 0.25 / width; state tuning: 1.0 falling to 0.01 at any width (the
+    width-scaled 0.1 taught the shapes experiment's new question to 10%, 1.0 to 54%)."""
+    lora = fit(TrainConfig(adapter="lora", fit_to_data=["lr", "lr_final"]), model_config(n_embd=width))
+    assert lora == {"lr": round(1.25 / width, 7), "lr_final": round(round(1.25 / width, 7) / 10, 8)}
+    state = fit(TrainConfig(adapter="state", fit_to_data=["lr", "lr_final"]), model_config(n_embd=width))
+    assert state == {"lr": 1.0, "lr_final": 0.01}
+    assert fit(TrainConfig(adapter="state", lr=0.3, fit_to_data=["lr_final"]), model_config()) == {"lr_final": 0.003}
+
+
 def test_finetune_preset_fits_only_what_you_did_not_set(tmp_path):
     [cfg] = resolve("finetune", {"data": "mine.json", "lr": "1e-4", "epochs": "2"}, runs_dir=str(tmp_path))
     assert cfg.init == "tiny" and cfg.lr == 1e-4 and cfg.epochs == 2.0

@@ -17,9 +17,13 @@ DISTRIBUTED = ("ddp", "fsdp")
 LOSS_REDUCTIONS = ("sample", "token")
 LM_STAGE2 = ["rwkv.blocks.*", "rwkv.ln_out.*", "rwkv.head.*", "proj.*"]
 # what the `finetune` preset sets from the dataset's size and the model (see `fit_to_data`)
-# the learning rate `fit` sets, times the plain fine-tune's: adapters start at zero and move few
-# parameters, so they take larger steps (measured on the shapes experiment, docs/training.md)
-ADAPTER_LR_SCALE = {"": 1.0, "lora": 5.0, "state": 50.0}
+# the learning rate `fit` sets for LoRA, times the plain fine-tune's: adapters start at zero and move
+# few parameters, so they take larger steps (measured on the shapes experiment, docs/training.md)
+ADAPTER_LR_SCALE = {"": 1.0, "lora": 5.0}
+# state tuning's peak learning rate, whatever the width, falling to a hundredth (RWKV-PEFT's 1 → 0.01):
+# on the shapes experiment it taught the new question type to 54% where 0.1 → 0.01 reached 10%
+STATE_TUNING_LR = 1.0
+ADAPTERS = ("", "lora", "state")
 # the default LoRA targets (adapters/lora.py), repeated to keep this module free of torch imports
 LORA_TARGETS = [f"rwkv.blocks.*.att.{n}" for n in ("receptance", "key", "value", "gate", "output")] + \
     [f"rwkv.blocks.*.ffn.{n}" for n in ("key", "receptance", "value")] + ["proj", "proj.*"]
@@ -154,7 +158,7 @@ class TrainConfig:
             raise ValueError(f"prepare must be '' or 'shapes', got {self.prepare!r}")
         if not isinstance(self.trainable, list) or not self.trainable:
             raise ValueError("trainable must be a non-empty list of parameter-name patterns")
-        if self.adapter not in ADAPTER_LR_SCALE:
+        if self.adapter not in ADAPTERS:
             raise ValueError(f"adapter must be '', 'lora' or 'state', got {self.adapter!r}")
         if self.lora_rank < 1 or not 0 <= self.lora_dropout < 1:
             raise ValueError("lora_rank must be >= 1 and lora_dropout in [0, 1)")
@@ -190,7 +194,9 @@ def fit(cfg: TrainConfig, model_config, num_samples: int | None = None, world_si
     0.25 / width: 2e-3 for the shipped model (width 128), 1.2e-4 for a 1B6 (width 2048), the
     order of the paper's stage 2 (6e-5 at 16× the batch). A tenth of it at the end, a tenth of
     the steps (at most 10) of warm-up. The sequence length and the image's place in the prompt
-    are the model's own, so that training looks like what the model sees when it answers.
+    are the model's own, so that training looks like what the model sees when it answers. LoRA
+    takes ADAPTER_LR_SCALE times that learning rate; state tuning STATE_TUNING_LR whatever the width,
+    falling to a hundredth.
     """
     wanted = set(cfg.fit_to_data)
     values: dict = {}
@@ -198,10 +204,12 @@ def fit(cfg: TrainConfig, model_config, num_samples: int | None = None, world_si
         values["ctx_len"] = model_config.ctx_len
     if "image_position" in wanted:
         values["image_position"] = model_config.image_position
+    state = cfg.adapter == "state"  # a state's scale does not follow the width
     if "lr" in wanted:
-        values["lr"] = round(0.25 * ADAPTER_LR_SCALE[cfg.adapter] / model_config.rwkv.n_embd, 7)
+        scaled = round(0.25 * ADAPTER_LR_SCALE.get(cfg.adapter, 1.0) / model_config.rwkv.n_embd, 7)
+        values["lr"] = STATE_TUNING_LR if state else scaled
     if "lr_final" in wanted:
-        values["lr_final"] = round(values.get("lr", cfg.lr) / 10, 8)
+        values["lr_final"] = round(values.get("lr", cfg.lr) / (100 if state else 10), 8)
     if num_samples is not None:
         global_batch = max(1, min(64, 1 << max(0, (num_samples // 2).bit_length() - 1)))
         if "micro_batch_size" in wanted:
