@@ -14,6 +14,7 @@ from visualrwkv.prompts import (
     check_image_count,
     check_prompt_format,
     default_tokenizer,
+    inference_conversation,
     layout_position,
     normalize_value,
     render_conversation,
@@ -387,3 +388,39 @@ def test_a_given_tokenizer_is_the_one_used():
     n_human = len("User: Hi\n\n")
     assert sample.labels == [IGNORE_INDEX] * (n_human + 10) + [ord(c) for c in " Yo\n\n"]
     assert sample.num_images == 0
+
+
+def test_inference_turns_take_the_image_count():
+    """One tag per image before the first question unless the caller placed them; `num_images` is
+    checked as an integer >= 0 (a bool is not a count) and overrides `has_image`."""
+    assert inference_conversation("Hi?") == [{"from": "human", "value": "<image>\nHi?"}, {"from": "gpt", "value": ""}]
+    assert inference_conversation("Hi?", num_images=2)[0] == {"from": "human", "value": "<image>\n<image>\nHi?"}
+    assert inference_conversation("Hi?", num_images=0)[0] == {"from": "human", "value": "Hi?"}
+    assert inference_conversation("Hi?", has_image=True, num_images=0)[0] == {"from": "human", "value": "Hi?"}
+    assert inference_conversation("Hi?", has_image=False, num_images=1)[0] == {"from": "human", "value": "<image>\nHi?"}
+    for bad in (-1, True, 1.0, "1"):
+        with pytest.raises(ValueError, match="num_images must be an integer >= 0"):
+            inference_conversation("Hi?", num_images=bad)
+
+
+def test_render_text_defaults_to_the_sandwich():
+    assert render_text(BUS) == render_text(BUS, "middle") != render_text(BUS, "first")
+
+
+def test_a_malformed_conversation_is_named_before_its_images_are_counted(tok):
+    with pytest.raises(ConversationError, match="conversations must be a list of turns"):
+        tokenize_conversation("What is it?", tok, num_images=1)
+    with pytest.raises(ConversationError, match="turn 0: missing 'value'"):
+        tokenize_conversation([{"from": "human"}], tok, prompt_format="v7")
+
+
+class MergingTokenizer:
+    """A tokenizer whose "Assistant:" merges with what follows, which the label mask cannot allow."""
+
+    def encode(self, text: str) -> list[int]:
+        return [7] if text.startswith("Assistant: ") else [ord(c) for c in text]
+
+
+def test_a_tokenizer_that_merges_the_assistant_prefix_is_refused():
+    with pytest.raises(ConversationError, match="turn 1: gpt turn does not start with the 'Assistant:' tokens"):
+        tokenize_conversation(BUS, MergingTokenizer())
