@@ -11,7 +11,6 @@ from torch import Tensor
 from .lora import ADAPTER_CONFIG, LORA_TARGETS, add_lora, lora_config, merge_lora, save_lora  # noqa: F401
 from .state import StateTuning, save_state
 
-ADAPTERS = ("", "lora", "state")
 STATE_FILE = "state.safetensors"
 
 
