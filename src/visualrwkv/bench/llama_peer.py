@@ -12,6 +12,10 @@ note. Nothing here is a dependency of the package; the GGUF is written with `ggu
   "[T1]", …): llama.cpp needs a vocabulary to load, not the World one to run.
 - **Runs**: one context per file, 1 sequence, `n_threads` = torch's, through the low-level ctypes API, in
   our process (its OpenMP is the libgomp torch loaded, so both sides share the threads).
+- **AMX**: on a CPU with Intel AMX, llama.cpp puts Q4_0/Q8_0 matrices in its AMX buffers, whose product
+  crashes the process here (ggml_backend_amx_mul_mat, llama.cpp issue #20824; its Q4_0 results there
+  are wrong too, PR #16315). There the models load with `use_extra_bufts` off: its plain CPU kernels,
+  and no repacked Q4_0 layout either (`AMX_NOTE`, printed with the results).
 """
 
 from __future__ import annotations
@@ -27,6 +31,19 @@ import torch
 LLAMA_TYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int8": "Q8_0", "int4": "Q4_0"}
 _FTYPES = {"F16": "LLAMA_FTYPE_MOSTLY_F16", "BF16": "LLAMA_FTYPE_MOSTLY_BF16", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
            "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+
+
+AMX_NOTE = ("llama.cpp's extra buffer types are off: this CPU has AMX, whose llama.cpp product crashes "
+            "(issue #20824); its plain CPU kernels ran, without the repacked Q4_0 layout")
+
+
+def cpu_has_amx() -> bool:
+    """Whether llama.cpp's CPU backend (loaded with libllama) would use AMX here."""
+    lib_dir = Path(import_llama()[0].__file__).parent / "lib"
+    for path in sorted(lib_dir.glob("libggml-cpu*.so*")):
+        with contextlib.suppress(OSError, AttributeError):
+            return bool(ctypes.CDLL(str(path)).ggml_cpu_has_amx_int8())
+    return False
 
 
 def import_llama():
@@ -147,6 +164,7 @@ class LlamaCppModel:
         with _quiet(llama):
             llama.llama_backend_init()
             mparams = llama.llama_model_default_params()
+            mparams.use_extra_bufts = not cpu_has_amx()  # see AMX above
             self.model = llama.llama_model_load_from_file(os.fspath(path).encode(), mparams)
             if not self.model:
                 raise RuntimeError(f"llama.cpp could not load {path}")

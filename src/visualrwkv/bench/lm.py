@@ -249,6 +249,8 @@ def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_st
                 built = llama_peer.build_peers(models["visualrwkv"], kinds, tmp, n_ctx=longest + 2 * decode_steps
                                                + accuracy_steps + 64, n_batch=longest)
                 peers = {f"llama.cpp-{k}": p for k, p in built.items()}
+                if llama_peer.cpu_has_amx():
+                    notes.append(llama_peer.AMX_NOTE)
                 peer_bytes = {f"llama.cpp-{k}": gguf_bytes_per_token(Path(tmp) / f"model-{k}.gguf") for k in built}
     checks = accuracy(models, peers, n_embd, n_layer, vocab_size, steps=accuracy_steps)
     for row in checks:
