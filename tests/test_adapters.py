@@ -217,10 +217,11 @@ def adapter_tensors(out_dir) -> dict:
     return load_file(str(Path(out_dir) / "final" / ADAPTER_WEIGHTS))
 
 
-def test_two_process_ddp_lora_equals_one_process_on_the_combined_batch(shapes, tmp_path):
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_process_lora_equals_one_process_on_the_combined_batch(engine, shapes, tmp_path):
     torch.set_num_threads(1)
     Trainer(config(shapes, tmp_path / "one", micro_batch_size=4, seed=3, grad_checkpointing=True, **EXACT)).train()
-    two = config(shapes, tmp_path / "two", micro_batch_size=2, seed=3, **EXACT)
+    two = config(shapes, tmp_path / "two", micro_batch_size=2, seed=3, distributed=engine, **EXACT)
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), two.to_dict()), nprocs=2, join=True)
     a, b = adapter_tensors(tmp_path / "one"), adapter_tensors(tmp_path / "two")
     assert a.keys() == b.keys() and len(a) == 2 * 17  # A and B of 8 projections × 2 layers + the projector
