@@ -424,3 +424,9 @@ class MergingTokenizer:
 def test_a_tokenizer_that_merges_the_assistant_prefix_is_refused():
     with pytest.raises(ConversationError, match="turn 1: gpt turn does not start with the 'Assistant:' tokens"):
         tokenize_conversation(BUS, MergingTokenizer())
+
+
+def test_blank_lines_inside_the_image_turn_collapse_in_the_sandwich_copy():
+    conv = [{"from": "human", "value": f"<image>\nLine one\n\n\nLine two\n{PHRASE}"}, {"from": "gpt", "value": "Yes"}]
+    assert render_conversation(conv, "middle")[0].text == (
+        f"User: Line one\nLine two\n<image>\nLine one\nLine two\n{PHRASE}\n\n")
