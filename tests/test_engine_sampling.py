@@ -713,3 +713,16 @@ def test_candidate_fast_path_keeps_what_the_full_sort_keeps(vocab, seed, grid, t
     probs = torch.softmax(logits, dim=-1)
     for b in range(2):
         assert set(torch.nonzero(dist[b]).flatten().tolist()) == reference_keep(probs[b], top_p, top_k)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_tie_across_the_candidate_boundary_goes_to_the_full_sort(seed):
+    """1023 distinct high tokens, the other 1977 tied: top-k 1024 cuts inside the tie, whose lowest id stays.
+    The 1025 candidates hold only two of the tied tokens (topk's choice), so the cut is not theirs to make."""
+    vocab = 3000
+    high = torch.randperm(vocab, generator=torch.Generator().manual_seed(seed))[:1023]
+    logits = torch.zeros(1, vocab)
+    logits[0, high] = 5 + torch.rand(1023, generator=torch.Generator().manual_seed(seed))
+    dist = sampling_distribution(logits, [SamplingParams(top_p=1.0, top_k=1024)])
+    lowest_tied = min(set(range(vocab)) - set(high.tolist()))
+    assert set(torch.nonzero(dist[0]).flatten().tolist()) == set(high.tolist()) | {lowest_tied}
