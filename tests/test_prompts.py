@@ -430,3 +430,20 @@ def test_blank_lines_inside_the_image_turn_collapse_in_the_sandwich_copy():
     conv = [{"from": "human", "value": f"<image>\nLine one\n\n\nLine two\n{PHRASE}"}, {"from": "gpt", "value": "Yes"}]
     assert render_conversation(conv, "middle")[0].text == (
         f"User: Line one\nLine two\n<image>\nLine one\nLine two\n{PHRASE}\n\n")
+
+
+@pytest.mark.parametrize("question, kwargs, message", [
+    ([("What is it?", "  "), "And now?"], {}, "history item 0: empty answer"),
+    ("<image>\nHi?", {"has_image": False}, "has_image=False but the prompt holds 1 <image> tag(s)"),
+    ("<image>\nHi?", {"num_images": 0}, "no image was given but the prompt holds 1 <image> tag(s)"),
+    ("<image>\nHi?", {"num_images": 2}, "the prompt holds 1 <image> tag(s) but 2 image(s) were given"),
+])
+def test_inference_turns_name_what_is_wrong(question, kwargs, message):
+    with pytest.raises(ConversationError) as error:
+        inference_conversation(question, **kwargs)
+    assert str(error.value) == message
+
+
+def test_tags_the_caller_placed_are_kept_when_they_match_the_images():
+    turns = inference_conversation("<image>\n<image>\nCompare them.", num_images=2)
+    assert turns[0] == {"from": "human", "value": "<image>\n<image>\nCompare them."}
