@@ -207,21 +207,7 @@ class TimeMix(nn.Module):
     def forward(self, x: Tensor, shift: Tensor | None, wkv_state: Tensor | None):
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
-        dx = _shifted(x, shift) - x
-        xxx = x + dx * self.time_maa_x
-        # the five LoRA slots in the order (w, k, v, r, g)
-        m = torch.tanh(rows_matmul(xxx, self.time_maa_w1)).view(B * T, 5, -1).transpose(0, 1)
-        m = torch.bmm(m, self.time_maa_w2).view(5, B, T, C)
-        mw, mk, mv, mr, mg = m.unbind(0)
-        xw = x + dx * (self.time_maa_w + mw)
-        xk = x + dx * (self.time_maa_k + mk)
-        xv = x + dx * (self.time_maa_v + mv)
-        xr = x + dx * (self.time_maa_r + mr)
-        xg = x + dx * (self.time_maa_g + mg)
-
-        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
-        g = F.silu(self.gate(xg))
-        log_w = self.log_decay(xw)
+        r, k, v, g, log_w = self._projections(x, _shifted(x, shift) - x)
 
         def heads(t):
             return t.view(B, T, H, N)
@@ -230,6 +216,24 @@ class TimeMix(nn.Module):
         y = F.group_norm(y.reshape(B * T, C), H, self.ln_x.weight.float(), self.ln_x.bias.float(), self.ln_x.eps)
         out = self.output(y.view(B, T, C).to(x.dtype) * g)
         return out, x[:, -1], wkv_state
+
+    def _projections(self, x: Tensor, dx: Tensor):
+        """r, k, v, SiLU(g) and log w from the ddlerp-mixed inputs. Each mixed input is made just
+        before its projection and dropped after it, so a long prefill holds one of them at a time."""
+        B, T, C = x.shape
+        # the five LoRA slots in the order (w, k, v, r, g)
+        m = torch.tanh(rows_matmul(x + dx * self.time_maa_x, self.time_maa_w1)).view(B * T, 5, -1).transpose(0, 1)
+        m = torch.bmm(m, self.time_maa_w2).view(5, B, T, C)
+
+        def mixed(slot: int, maa: Tensor) -> Tensor:
+            return x + dx * (maa + m[slot])
+
+        log_w = self.log_decay(mixed(0, self.time_maa_w))
+        k = self.key(mixed(1, self.time_maa_k))
+        v = self.value(mixed(2, self.time_maa_v))
+        r = self.receptance(mixed(3, self.time_maa_r))
+        g = F.silu(self.gate(mixed(4, self.time_maa_g)))
+        return r, k, v, g, log_w
 
     def log_decay(self, xw: Tensor) -> Tensor:
         """log w per token [B, T, C] (fp32): from the token's own input through the decay LoRA, or,
@@ -254,10 +258,10 @@ class ChannelMix(nn.Module):
 
     def forward(self, x: Tensor, shift: Tensor | None):
         dx = _shifted(x, shift) - x
-        xk = x + dx * self.time_maa_k
-        xr = x + dx * self.time_maa_r
-        k = torch.relu(self.key(xk)).square()
-        return torch.sigmoid(self.receptance(xr)) * self.value(k), x[:, -1]
+        # the wide [T, dim_ffn] activation is made and squared once (relu_ on the product's own
+        # output: nothing saves it for the backward), and dropped before the gate is computed
+        value = self.value(torch.relu_(self.key(x + dx * self.time_maa_k)).square())
+        return torch.sigmoid(self.receptance(x + dx * self.time_maa_r)) * value, x[:, -1]
 
 
 class Block(nn.Module):
