@@ -85,8 +85,6 @@ def test_model_flags_pick_dtype_and_layout(tiny_vlm_dir):
         parser.parse_args(["--dtype", "bf17"])
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped model answers follow-ups at 8.5-15% (docs/tiny-model.md, "
-                   "issue 17); strict: this passes, and must lose the mark, once a model that holds a conversation ships")
 def test_the_bundled_questions_asked_as_follow_ups_get_the_single_turn_answers(example_conversations):
     """The shipped model in `chat` (stdin piped): each example image's questions asked one after the other
     in one conversation (the second and third are follow-ups) get the answers each gets asked alone

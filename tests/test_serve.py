@@ -393,8 +393,6 @@ def test_metrics_in_the_prometheus_format_and_one_access_line_per_request(server
     assert lines[2].startswith("/v1/chat/completions 400 error=")
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped model answers follow-ups at 8.5-15% (docs/tiny-model.md, "
-                   "issue 17); strict: this passes, and must lose the mark, once a model that holds a conversation ships")
 def test_the_bundled_questions_as_follow_ups_get_the_single_turn_answers(shipped_vlm, example_conversations):
     """The shipped model behind the server: each example image's questions in one conversation (the
     client sends the image with the first question, then the model's own earlier answers) get the

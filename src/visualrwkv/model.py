@@ -60,6 +60,9 @@ class VisualRWKVConfig:
     prompt_format: str | None = None
     # images per conversation the model takes; None: the format's own (v6: 1, SPEC §5.4 step 5; v7: no limit)
     max_images: int | None = None
+    # a chat's later questions lay the conversation's images out again, each with its own sandwich
+    # (prompts.MULTI_TURN_RENDERINGS "image-every-turn"): set for a model trained so (the shipped tiny one)
+    image_every_turn: bool = False
 
     def __post_init__(self):
         if isinstance(self.rwkv, dict):
@@ -84,6 +87,8 @@ class VisualRWKVConfig:
             self.max_images = 1
         if self.max_images is not None and (type(self.max_images) is not int or self.max_images < 1):
             raise ValueError(f"max_images must be None or an integer >= 1, got {self.max_images!r}")
+        if type(self.image_every_turn) is not bool:
+            raise ValueError(f"image_every_turn must be true or false, got {self.image_every_turn!r}")
         if self.prompt_format == "v6" and self.max_images != 1:
             raise ValueError("the v6 prompt format takes one image per conversation (SPEC §5.4): max_images must "
                              f"be 1, got {self.max_images}; several images need prompt_format 'v7'")
@@ -92,7 +97,7 @@ class VisualRWKVConfig:
         return {"rwkv": self.rwkv.to_dict(), "vision": self.vision.to_dict(), "projector": self.projector,
                 "scanning": self.scanning, "image_position": self.image_position, "ctx_len": self.ctx_len,
                 "text_only_layout": self.text_only_layout, "prompt_format": self.prompt_format,
-                "max_images": self.max_images}
+                "max_images": self.max_images, "image_every_turn": self.image_every_turn}
 
     @classmethod
     def from_dict(cls, d: dict) -> "VisualRWKVConfig":

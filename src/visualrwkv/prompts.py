@@ -35,8 +35,11 @@ PROMPT_FORMATS: tuple[str, ...] = ("v6", "v7")
 # lists every question in the image turn (the official training code); "chat" lists only the image
 # turn's own, which is how a live chat renders each turn (engine/inputs.py: the first turn is fixed
 # before the next question exists), so training in "chat" sees every answer in the context the
-# engine gives it. One question: the two are the same.
-MULTI_TURN_RENDERINGS: tuple[str, ...] = ("official", "chat")
+# engine gives it; "image-every-turn" lays the image turn's images out again in every later question,
+# each sandwiched by its own question (a recurrent model then reads the image again knowing what is
+# asked; a model trained so says it in VisualRWKVConfig.image_every_turn, and the engine renders its
+# live chats the same way). One question: the three are the same.
+MULTI_TURN_RENDERINGS: tuple[str, ...] = ("official", "chat", "image-every-turn")
 ROLE_NAMES = {"human": "User", "gpt": "Assistant"}
 # Removed from the image turn's copy inside ALL_HUMAN only (SPEC §7.3); the later copy keeps it.
 SHORT_ANSWER_PHRASE = "Answer the question using a single word or phrase."
@@ -156,6 +159,9 @@ def render_conversation(conversations: Sequence[Mapping], image_position: str = 
     if multi_turn not in MULTI_TURN_RENDERINGS:
         raise ValueError(f"multi_turn must be one of {MULTI_TURN_RENDERINGS}, got {multi_turn!r}")
     validate_conversations(conversations)
+    every_turn = multi_turn == "image-every-turn"
+    if every_turn:
+        conversations = _tag_every_turn(conversations)
     all_human = ""
     if image_position == "middle":
         image_turns = [t for t in conversations if t["from"] == "human" and DEFAULT_IMAGE_TOKEN in t["value"]]
@@ -164,7 +170,7 @@ def render_conversation(conversations: Sequence[Mapping], image_position: str = 
     for turn in conversations:
         value = turn["value"]
         if DEFAULT_IMAGE_TOKEN in value:
-            value = _place_images(value, image_position, all_human)
+            value = _place_images(value, image_position, _all_human([turn]) if every_turn else all_human)
         else:
             value = normalize_value(value)
         role = ROLE_NAMES[turn["from"]]
@@ -172,6 +178,21 @@ def render_conversation(conversations: Sequence[Mapping], image_position: str = 
         text = f"{role}: {value}\n\n" if value else f"{role}:"
         turns.append(TurnText(turn["from"], text))
     return turns
+
+
+def _tag_every_turn(conversations: Sequence[Mapping]) -> list[Mapping]:
+    """The turns with the first image turn's `<image>` tags added to every later human turn (a later
+    turn that holds tags of its own keeps them)."""
+    tags = next((t["value"].count(DEFAULT_IMAGE_TOKEN) for t in conversations
+                 if t["from"] == "human" and DEFAULT_IMAGE_TOKEN in t["value"]), 0)
+    out, seen = [], False
+    for turn in conversations:
+        if turn["from"] == "human" and tags:
+            if seen and DEFAULT_IMAGE_TOKEN not in turn["value"]:
+                turn = {**turn, "value": f"{DEFAULT_IMAGE_TOKEN}\n" * tags + turn["value"]}
+            seen = seen or DEFAULT_IMAGE_TOKEN in turn["value"]
+        out.append(turn)
+    return out
 
 
 def render_text(conversations: Sequence[Mapping], image_position: str = "middle", prompt_format: str = "v6") -> str:

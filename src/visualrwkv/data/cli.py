@@ -51,6 +51,6 @@ def run_shapes(args) -> int:
         f"{result['image_folder']}: stage1 {result['num_stage1']} rows, stage2 {result['num_stage2']} rows, "
         f"test {result['num_test']} rows (test_multiturn: {result['num_test_conversations']} conversations)"
     )
-    for name in ("stage1", "stage2", "stage2_multiturn", "test", "test_multiturn", "scenes"):
+    for name in ("stage1", "stage2", "stage2_multiturn", "stage3_questions", "test", "test_multiturn", "scenes"):
         print(f"  {name}: {result[name]}")
     return 0

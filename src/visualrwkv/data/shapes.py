@@ -6,12 +6,14 @@ names one object; shapes never overlap; a question about a relation is only aske
 bounding boxes are clearly apart on the axis asked. Output is LLaVA conversation JSON (SPEC §8.4):
 stage1.json (captions), stage2.json (one question per row), test.json (held-out images), and
 stage2_multiturn.json / test_multiturn.json: the same questions, each image's as one conversation
-(every question after the first is a follow-up).
+(every question after the first is a follow-up), and stage3_questions.json: a sixth of stage2.json's
+rows, drawn at random, which the tiny recipe's conversation stage mixes in.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -437,7 +439,7 @@ def generate_shapes_dataset(
     drawn from an independent random stream and checked to differ from every training scene.
     stage2_multiturn.json and test_multiturn.json hold stage2.json's and test.json's questions again,
     one conversation per image (in the same order, so each question after the first is a follow-up),
-    with a `question_type` list.
+    with a `question_type` list; stage3_questions.json a sixth of stage2.json's rows (`seed`'s shuffle).
     scenes.json keeps the scene of every image, for checking answers. `extra_types` adds question
     types of EXTRA_QUESTION_TYPES; `train_weights` replaces the training split's type weights.
     `min_shapes`, `max_shapes` and `shape_scale` set the scenes (`random_scene`); HARDER holds the
@@ -502,10 +504,13 @@ def generate_shapes_dataset(
                                          "question_type": [qa.question_type for qa in questions],
                                          "conversations": turns})
 
-    names = ("stage1", "stage2", "stage2_multiturn", "test", "test_multiturn", "scenes")
+    names = ("stage1", "stage2", "stage2_multiturn", "stage3_questions", "test", "test_multiturn", "scenes")
     paths = {name: out / f"{name}.json" for name in names}
     _write_json(paths["stage1"], stage1)
     _write_json(paths["stage2"], stage2)
+    replay = list(stage2)
+    random.Random(seed).shuffle(replay)
+    _write_json(paths["stage3_questions"], replay[:len(stage2) // 6])
     _write_json(paths["test"], test)
     _write_json(paths["stage2_multiturn"], conversations["train"])
     _write_json(paths["test_multiturn"], conversations["test"])

@@ -139,7 +139,7 @@ class Engine:
         config = self.model.config
         return build_chat_prompt(question, history, image, tokenizer=self.tokenizer,
                                  image_position=config.image_position, prompt_format=config.prompt_format,
-                                 max_images=config.max_images)
+                                 max_images=config.max_images, image_every_turn=config.image_every_turn)
 
     def count_prompt_tokens(self, prompt: ChatPrompt) -> int:
         """Positions the prompt occupies: text tokens plus the image vectors (or the text-only image slot)."""

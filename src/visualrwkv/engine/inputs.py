@@ -4,7 +4,9 @@ Multi-turn prompts (SPEC §9.2): the conversation is rendered the way it unfolde
 an answer can be resumed: the first turn is the usual inference prompt (with the sandwich layout it
 lists only the first question), each answer is `" {answer}\\n\\n"` and each later question
 `"User: {q}\\n\\nAssistant:"`. (`prompts.build_inference_prompt` with a history, the training
-rendering, lists every question in the first turn instead, and so could never reuse a state.)
+rendering, lists every question in the first turn instead, and so could never reuse a state.) A model
+trained with the "image-every-turn" rendering (VisualRWKVConfig.image_every_turn) gets each later
+question sandwiched around the images again, `"User: {q}\n<image>\n{q}\n\nAssistant:"`, as it was trained.
 """
 
 from __future__ import annotations
@@ -52,9 +54,14 @@ class ChatPrompt:
     ids: list[int]  # with one IMAGE_TOKEN_INDEX per image, where it goes
     images: tuple[ImageInput, ...]  # in the order of the sentinels (None or one ImageInput are taken too)
     checkpoints: list[int]  # prefix lengths whose states are looked up in / stored into the cache
+    # > 0: `images` is its first `conversation_images` repeated, once per question (image_every_turn)
+    conversation_images: int = 0
 
     def __post_init__(self):
         self.images = _image_tuple(self.images)
+        n = self.conversation_images
+        if n and (len(self.images) % n or self.images != self.images[:n] * (len(self.images) // n)):
+            raise ValueError(f"images are not their first {n} repeated")
 
     @property
     def image(self) -> ImageInput | None:
@@ -63,8 +70,10 @@ class ChatPrompt:
 
     @property
     def digests(self) -> list[bytes]:
-        """What names the prompt's images in the prefix cache: every image's digest, in order."""
-        return [image.digest for image in self.images]
+        """What names the prompt's images in the prefix cache: every image's digest, in order; the
+        conversation's images once when they repeat in every question, so that a follow-up is named
+        as the turns before it were and resumes from their state."""
+        return [image.digest for image in self.images[:self.conversation_images or None]]
 
 
 def _image_tuple(images) -> tuple[ImageInput, ...]:
@@ -86,10 +95,12 @@ def _image_tuple(images) -> tuple[ImageInput, ...]:
 def build_chat_prompt(question: str, history: Sequence[tuple[str, str]] = (),
                       image: ImageInput | Sequence[ImageInput] | None = None, *, tokenizer,
                       image_position: str = "middle", prompt_format: str = "v6",
-                      max_images: int | None = None) -> ChatPrompt:
+                      max_images: int | None = None, image_every_turn: bool = False) -> ChatPrompt:
     """The prompt for `question` after the (question, answer) pairs of `history`, about `image` (one
     ImageInput, or several in order; all belong to the first question); see the module doc.
-    `max_images`: more images than this are refused with one line (the model's limit)."""
+    `max_images`: more images than this are refused with one line (the model's limit).
+    `image_every_turn` (VisualRWKVConfig.image_every_turn): every later question lays the images out
+    again, as the first does (prompts "image-every-turn"); `images` then repeats them once per question."""
     images = _image_tuple(image)
     check_image_count(len(images), max_images)
     for i, pair in enumerate(history):
@@ -112,9 +123,12 @@ def build_chat_prompt(question: str, history: Sequence[tuple[str, str]] = (),
         ids += answer_ids
         if answer_ids[-1] == STOP_TOKEN_INDEX:
             checkpoints.append(len(ids) - 1)  # where the engine stores the state after an answer
-        ids += build_inference_prompt(next_question, has_image=False, tokenizer=tokenizer, prompt_format=prompt_format)
+        again = len(images) if image_every_turn and images else None
+        ids += build_inference_prompt(next_question, image_position, has_image=False, tokenizer=tokenizer,
+                                      num_images=again, prompt_format=prompt_format)
     n_sentinels = ids.count(IMAGE_TOKEN_INDEX)
-    if n_sentinels != len(images):
+    per_turn = len(turns) if image_every_turn else 1
+    if n_sentinels != len(images) * per_turn:
         raise ValueError(f"the prompt holds {n_sentinels} '<image>' tag(s) but {len(images)} image(s) "
                          "were given; the images belong to the first question")
-    return ChatPrompt(ids, images, sorted(set(checkpoints)))
+    return ChatPrompt(ids, images * per_turn, sorted(set(checkpoints)), len(images) if image_every_turn else 0)

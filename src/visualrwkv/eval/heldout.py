@@ -89,7 +89,8 @@ def evaluate_heldout(model, data: str | Path, image_root: str | Path | None = No
             try:
                 prompt = build_chat_prompt(question, history, images, tokenizer=model.tokenizer,
                                            image_position=cfg.image_position, prompt_format=cfg.prompt_format,
-                                           max_images=model.max_images)
+                                           max_images=model.max_images,
+                                           image_every_turn=cfg.image_every_turn)
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
             answer = model.tokenizer.decode(model.generate_greedy(prompt.ids, [im.image for im in prompt.images],

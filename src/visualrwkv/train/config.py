@@ -12,6 +12,8 @@ import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from visualrwkv.prompts import MULTI_TURN_RENDERINGS
+
 PRECISIONS = ("fp32", "bf16")
 DISTRIBUTED = ("ddp", "fsdp")
 LOSS_REDUCTIONS = ("sample", "token")
@@ -53,8 +55,9 @@ class TrainConfig:
                        "are cut", group="data")
     max_rounds: int = opt(0, "> 0: split long conversations into chunks of this many rounds", group="data")
     multi_turn: str = opt("official", "a conversation of several questions with the sandwich: official (the image "
-                          "turn lists every question, as the official code trains) or chat (only its own, as a "
-                          "live chat renders each turn)", group="data")
+                          "turn lists every question, as the official code trains), chat (only its own, as a "
+                          "live chat renders each turn) or image-every-turn (the image again in every later "
+                          "question, each with its own sandwich; the model then chats that way too)", group="data")
     skip_bad_rows: bool = opt(False, "false: a bad row stops the run with an error naming it; true: skip it, "
                               "count it, report the counts", group="data")
     num_workers: int = opt(0, "DataLoader worker processes (0: load in the training process)", group="data")
@@ -152,8 +155,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be positive (or max_steps set), got {self.epochs}")
         if self.task not in ("vlm", "vision_shapes"):
             raise ValueError(f"task must be 'vlm' or 'vision_shapes', got {self.task!r}")
-        if self.multi_turn not in ("official", "chat"):
-            raise ValueError(f"multi_turn must be 'official' or 'chat', got {self.multi_turn!r}")
+        if self.multi_turn not in MULTI_TURN_RENDERINGS:
+            raise ValueError(f"multi_turn must be one of {MULTI_TURN_RENDERINGS}, got {self.multi_turn!r}")
         if self.prepare not in ("", "shapes"):
             raise ValueError(f"prepare must be '' or 'shapes', got {self.prepare!r}")
         if not isinstance(self.trainable, list) or not self.trainable:
@@ -250,7 +253,7 @@ PRESET_SUMMARIES = {
               "and --model)",
     "stage2": "the paper's v6.0 stage 2: LM blocks, head and projector, sandwich prompt (set --data, --image_root, "
               "--init)",
-    "tiny": "the shipped tiny model, from scratch on generated shapes: 3 stages, about 15 minutes on 2 CPU cores",
+    "tiny": "the shipped tiny model, from scratch on generated shapes: 4 stages, about 25 minutes on 2 CPU cores",
     "v7_stage1": "v7.00's stage 1: a new mlp projector only (the LM frozen), v7 prompt format (images first, "
                  "several per sample), ctx 2048 (set --data, --image_root, --init_lm and --model)",
     "v7_stage2": "v7.00's stage 2: LM blocks, head and projector, v7 prompt format, conversations cut into 5-round "
@@ -287,10 +290,10 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
         "v7_stage2": [dict(prompt_format="v7", ctx_len=2048, trainable=LM_STAGE2, lr=6e-5, lr_final=1.5e-5,
                            micro_batch_size=16, grad_accum=8, epochs=2, max_rounds=5, grad_checkpointing=True,
                            out_dir=os.path.join(out_dir, "v7_stage2"))],
-        # the embedded default, from scratch on generated shapes in about 15 minutes on 2 CPU cores:
+        # the embedded default, from scratch on generated shapes in about 25 minutes on 2 CPU cores:
         # stage 0 pretrains the tiny vision encoder on the generator's labels (the role CLIP's own
         # pretraining plays for the real model), stage 1 aligns on captions (image first), stage 2
-        # tunes on questions (sandwich). Nothing is pretrained, so stages 1 and 2 train the LM blocks,
+        # tunes on questions (sandwich), stage 3 on conversations. Nothing is pretrained, so stages 1-3 train the LM blocks,
         # head and projector; the embedding stays at its random init (frozen, as in the real stage 2),
         # and so does the pretrained vision encoder.
         "tiny": [
@@ -304,6 +307,14 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
                  ctx_len=256, trainable=TINY_TRAINABLE, lr=1e-3, lr_final=5e-5, warmup_steps=20,
                  micro_batch_size=32, max_steps=1350, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage2"),
                  log_every=20, eval_heldout=os.path.join(tiny_data, "test.json")),
+            # stage 3 teaches follow-ups: the conversations, each later question with the image again
+            # (image-every-turn, as the engine then renders its chats), a sixth of the single
+            # questions replayed beside them
+            dict(data=",".join(os.path.join(tiny_data, f) for f in ("stage2_multiturn.json", "stage3_questions.json")),
+                 prepare="shapes", image_position="middle", ctx_len=256, trainable=TINY_TRAINABLE,
+                 multi_turn="image-every-turn", lr=3e-4, lr_final=1e-5, warmup_steps=10, micro_batch_size=32,
+                 max_steps=600, l2wrap=False, out_dir=os.path.join(out_dir, "tiny", "stage3"), log_every=20,
+                 eval_heldout=os.path.join(tiny_data, "test.json")),
         ],
     }
 

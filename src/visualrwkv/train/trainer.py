@@ -142,6 +142,8 @@ def build_model(cfg: TrainConfig, device) -> VisualRWKV:
         # a model from `init` is saved with the format it is trained in; the image limit is the new
         # format's (its text-only layout stays the one it was trained with)
         model.config = dataclasses.replace(model.config, prompt_format=cfg.prompt_format, max_images=None)
+    if cfg.multi_turn == "image-every-turn":  # the model is saved saying how its chats are to be rendered
+        model.config = dataclasses.replace(model.config, image_every_turn=True)
     return model.to(device)
 
 
