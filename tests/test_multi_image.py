@@ -115,9 +115,15 @@ def test_prompt_format_comes_from_the_config_and_old_configs_load_unchanged():
 def test_the_shipped_tiny_model_keeps_the_v6_format():
     from visualrwkv.engine.defaults import DEFAULT_MODEL_DIR
 
-    config = VisualRWKVConfig.from_dict(json.loads((DEFAULT_MODEL_DIR / "config.json").read_text()))
-    assert "prompt_format" not in json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    saved = json.loads((DEFAULT_MODEL_DIR / "config.json").read_text())
+    config = VisualRWKVConfig.from_dict(saved)
     assert (config.prompt_format, config.max_images, config.image_position) == ("v6", 1, "middle")
+    assert config.image_every_turn  # trained so (docs/tiny-model.md)
+    # a config written before these fields existed reads as v6 too
+    older = {k: v for k, v in saved.items() if k not in ("prompt_format", "max_images", "text_only_layout",
+                                                         "image_every_turn")}
+    config = VisualRWKVConfig.from_dict(older)
+    assert (config.prompt_format, config.max_images, config.image_every_turn) == ("v6", 1, False)
 
 
 # ---- the model and the engine ---------------------------------------------------------------------------------

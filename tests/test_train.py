@@ -61,11 +61,12 @@ def test_stage_presets_freeze_exactly_what_the_recipe_says():
 
 def test_presets_resolve_and_overrides_are_typed(tmp_path):
     stages = resolve("tiny", {"lr": "1e-3", "trainable": "proj.*,vit.*", "l2wrap": "true"}, runs_dir=str(tmp_path))
-    assert [s.task for s in stages] == ["vision_shapes", "vlm", "vlm"]
+    assert [s.task for s in stages] == ["vision_shapes", "vlm", "vlm", "vlm"]
+    assert [s.multi_turn for s in stages[1:]] == ["official", "official", "image-every-turn"]
     assert stages[1].lr == 1e-3 and stages[2].trainable == ["proj.*", "vit.*"] and stages[2].l2wrap
     assert stages[1].image_position == "first" and stages[2].image_position == "middle"
     stages = resolve("tiny", {"out_dir": str(tmp_path / "x")})
-    assert len({s.out_dir for s in stages}) == 3
+    assert len({s.out_dir for s in stages}) == 4
     with pytest.raises(ValueError, match="unknown training option --learning_rate;"):
         resolve("tiny", {"learning_rate": "1"})
     with pytest.raises(ValueError, match=r"--micro_batch \(did you mean --micro_batch_size\?\)"):
