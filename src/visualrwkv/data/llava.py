@@ -430,9 +430,9 @@ class LlavaDataset(torch.utils.data.Dataset):
                                 record.location, record.sample_id)
         kept = sum(1 for t in input_ids if t == IMAGE_TOKEN_INDEX)  # images cut off by ctx_len are not loaded
         # sentinel i is image i mod n: the "image-every-turn" rendering lays a conversation's n images out
-        # again in every later question (with one image per turn, the images in order)
-        paths = record.image_paths
-        images = [self._image(record, paths[i % len(paths)]) for i in range(kept)]
+        # again in every later question; each file is read once
+        loaded = [self._image(record, path) for path in record.image_paths[:kept]]
+        images = [loaded[i % len(loaded)] for i in range(kept)]
         return {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),

@@ -6,7 +6,7 @@ lists only the first question), each answer is `" {answer}\\n\\n"` and each late
 `"User: {q}\\n\\nAssistant:"`. (`prompts.build_inference_prompt` with a history, the training
 rendering, lists every question in the first turn instead, and so could never reuse a state.) A model
 trained with the "image-every-turn" rendering (VisualRWKVConfig.image_every_turn) gets each later
-question sandwiched around the images again, `"User: {q}\n<image>\n{q}\n\nAssistant:"`, as it was trained.
+question sandwiched around the images again, `"User: {q}\\n<image>\\n{q}\\n\\nAssistant:"`, as it was trained.
 """
 
 from __future__ import annotations

@@ -293,9 +293,9 @@ def presets(out_dir: str = "runs") -> dict[str, list[dict]]:
         # the embedded default, from scratch on generated shapes in about 25 minutes on 2 CPU cores:
         # stage 0 pretrains the tiny vision encoder on the generator's labels (the role CLIP's own
         # pretraining plays for the real model), stage 1 aligns on captions (image first), stage 2
-        # tunes on questions (sandwich), stage 3 on conversations. Nothing is pretrained, so stages 1-3 train the LM blocks,
-        # head and projector; the embedding stays at its random init (frozen, as in the real stage 2),
-        # and so does the pretrained vision encoder.
+        # tunes on questions (sandwich), stage 3 on conversations. Nothing is pretrained, so stages 1-3
+        # train the LM blocks, head and projector; the embedding stays at its random init (frozen, as in
+        # the real stage 2), and so does the pretrained vision encoder.
         "tiny": [
             dict(task="vision_shapes", data=os.path.join(tiny_data, "stage1.json"), prepare="shapes",
                  model=TINY_MODEL, lr=2e-3, micro_batch_size=64, max_steps=1200, log_every=200,
