@@ -2,7 +2,9 @@
 
 import os
 import shutil
+import signal
 import sys
+import threading
 
 import pytest
 import torch
@@ -29,6 +31,23 @@ def eager(monkeypatch):
 def test_the_kernels_build_where_there_is_a_compiler():
     assert cpu_kernels.library() is not None
     assert list(cpu_kernels.cache_dir().glob("*.tmp")) == []  # the atomic build leaves no partial files
+
+
+def test_a_ctrl_c_during_the_build_stops_after_it_and_keeps_the_kernels(tmp_path, monkeypatch):
+    """The build on the main thread, a SIGINT while the compiler runs: the compiler finishes, the library is in
+    the cache, and the interrupt still reaches the caller (a chat stops its answer)."""
+    monkeypatch.setenv("VISUALRWKV_CACHE", str(tmp_path))
+    compiler = shutil.which("g++") or shutil.which("c++")
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cpu_kernels._build(compiler)
+    finally:
+        timer.cancel()
+    built = list((tmp_path / "kernels").glob("rwkv_cpu-*.so"))
+    assert len(built) == 1 and cpu_kernels._build(compiler) == built[0]
+    assert list((tmp_path / "kernels").glob("*.tmp")) == []
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,10 +1,14 @@
 """The compiled decode step for RWKV-7, and for models whose tensors differ in kind (rwkv/precision.py:
 bf16 or int8/int4 large matrices beside fp32 vectors and LoRAs), against the PyTorch step."""
 
+import ctypes
 import shutil
+import subprocess
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from visualrwkv.ops import cpu_kernels
 from visualrwkv.ops.quant import QuantizedLinear, quantize
@@ -165,3 +169,67 @@ def test_quantized_linear_uses_the_compiled_product_for_a_few_rows(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "quantized_matmul", lambda *a: calls.append(1) or product(*a))
     torch.testing.assert_close(layer(x), x @ layer.dequantize().t(), rtol=1e-5, atol=1e-5)
     assert calls == [1]
+
+
+# ------------------------------------------------------------------------------------------------ integer sums
+# The quantized products sum code x activation in integers, on the activations split per block of input
+# rows (x ≈ peak (hi/32767 + lo/(32767 · 32768)), rwkv_cpu.cpp): the result must stay the fp32 product over
+# the dequantized weights whatever the activations' magnitudes and the group size (blocks of at most 128
+# rows: larger groups are split, every sum stays in int32).
+
+def _within_fp32_rounding(y, x, layer):
+    exact = x.double() @ layer.dequantize(torch.float64).t()
+    scale = x.double().abs() @ layer.dequantize(torch.float64).abs().t()
+    bound = 2 * x.shape[-1] ** 0.5 * torch.finfo(torch.float32).eps * scale
+    return ((y.double() - exact).abs() <= bound).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.sampled_from([8, 4]), group=st.sampled_from([2, 16, 34, 64, 256]), groups=st.integers(1, 3),
+       out=st.integers(1, 80), rows=st.sampled_from([1, 3, 16]), magnitude=st.sampled_from([1e-30, 1e-3, 1.0, 1e4]),
+       sparse=st.booleans(), seed=st.integers(0, 2**16))
+@torch.no_grad()
+def test_integer_sums_keep_the_fp32_product(bits, group, groups, out, rows, magnitude, sparse, seed):
+    g = torch.Generator().manual_seed(seed)
+    layer = QuantizedLinear.from_float(torch.randn(out, group * groups, generator=g), bits, group)
+    x = magnitude * torch.randn(rows, group * groups, generator=g)
+    if sparse:  # one large value a row among small ones and zeros: the split is relative to a block's peak
+        x = x * (torch.rand(rows, group * groups, generator=g) < 0.3) * 1e-4
+        x[:, 0] = magnitude
+    with torch_threads(2):
+        y = cpu_kernels.quantized_matmul(x, layer.weight, layer.weight_scales, bits, group)
+    assert _within_fp32_rounding(y, x, layer)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@torch.no_grad()
+def test_a_non_finite_activation_gives_a_non_finite_row_and_leaves_the_others(bits, bad):
+    layer = QuantizedLinear.from_float(torch.randn(70, 96), bits)
+    x = torch.randn(3, 96)
+    x[1, 40] = bad
+    y = cpu_kernels.quantized_matmul(x, layer.weight, layer.weight_scales, bits, 32)
+    assert not torch.isfinite(y[1]).any()
+    assert torch.isfinite(y[[0, 2]]).all() and _within_fp32_rounding(y[[0, 2]], x[[0, 2]], layer)
+
+
+@pytest.mark.parametrize("flags", [["-mno-avx2"], ["-mavx2", "-mfma", "-mf16c"]], ids=["portable", "avx2-no-vnni"])
+@torch.no_grad()
+def test_builds_without_vnni_or_simd_give_the_same_products(flags, tmp_path):
+    """The paths other CPUs take (vpmaddwd without VNNI; plain loops without AVX2), built here with those flags."""
+    compiler = shutil.which("g++") or shutil.which("c++")
+    target = tmp_path / "kernel.so"
+    build = subprocess.run([compiler, "-O2", "-fopenmp", "-shared", "-fPIC", "-std=c++17", *flags,
+                            str(cpu_kernels.SOURCE), "-o", str(target)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    lib = ctypes.CDLL(str(target))
+    lib.visualrwkv_matmul.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(cpu_kernels.TensorArg),
+                                      ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    g = torch.Generator().manual_seed(5)
+    for bits in (8, 4):
+        layer = QuantizedLinear.from_float(torch.randn(75, 96, generator=g), bits)
+        x = torch.randn(2, 96, generator=g)
+        y = torch.empty(2, 75)
+        arg = cpu_kernels.TensorArg(layer.weight.data_ptr(), layer.weight_scales.data_ptr(), cpu_kernels.KINDS[bits], 32)
+        lib.visualrwkv_matmul(x.data_ptr(), 2, ctypes.byref(arg), 96, 75, y.data_ptr(), 2)
+        assert _within_fp32_rounding(y, x, layer), bits

@@ -22,6 +22,7 @@ import hashlib
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,35 @@ def _cpu_fingerprint() -> str:
     return platform.machine() + flags
 
 
+def _compile(command: list[str]) -> bool:
+    """Run the compiler to the end whatever the terminal does: a Ctrl-C stops the user's answer, never this
+    one-time build (a compiler killed by the SIGINT would leave the kernels off for the rest of the process).
+    It runs in its own session, and is started with SIGINT blocked, which it inherits: a Ctrl-C between its
+    fork and its setsid reached it there (seen under load). A KeyboardInterrupt while waiting (the build on
+    the main thread) waits for the compiler; returns whether one came, for the caller to raise it after."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    old = mask(signal.SIG_BLOCK, {signal.SIGINT}) if mask else None
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+    finally:
+        if mask:
+            mask(signal.SIG_SETMASK, old)
+    interrupted = False
+    while True:
+        try:
+            _, stderr = process.communicate(timeout=300)
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    if process.returncode:
+        raise RuntimeError(f"{command[0]} failed: {stderr.strip()[-2000:] or f'exit status {process.returncode}'}")
+    return interrupted
+
+
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_fingerprint()]).encode()).hexdigest()[:16]
@@ -104,16 +134,13 @@ def _build(compiler: str) -> Path:
     os.close(fd)
     print(f"compiling the CPU kernel (once, into {target.parent})…", file=sys.stderr, flush=True)
     try:
-        # its own session: a Ctrl-C at the terminal stops the user's answer, not this one-time build
-        # (a compiler killed by the SIGINT would leave the kernels off for the rest of the process)
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300,
-                              start_new_session=True)
-        if done.returncode:
-            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
+        interrupted = _compile([compiler, *FLAGS, str(SOURCE), "-o", tmp])
         os.replace(tmp, target)  # atomic: a concurrent process sees the whole library or none
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    if interrupted:  # the user's Ctrl-C, kept for after the build
+        raise KeyboardInterrupt
     return target
 
 

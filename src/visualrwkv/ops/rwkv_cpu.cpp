@@ -10,7 +10,8 @@
 // Every tensor arrives as a `Tensor` with its own kind, so one model may mix them (rwkv/precision.py
 // keeps the large matrices reduced and everything else fp32): a matrix is fp32, bf16, int8 or int4
 // (ops/quant.py's groups along the input, fp16 scales), a vector fp32 or bf16 (widened once a layer).
-// Whatever the weights, the arithmetic, the activations and the state stay fp32.
+// Whatever the weights, the activations and the state stay fp32, and so does the arithmetic, but for the
+// integer sums of the quantized products (on activations split into exact integer parts, see there).
 //
 // The two generations share the product, the norms, the token shift and the step's driver; each has
 // its own block function (`rwkv6_layer`, `rwkv7_layer`), the same math as rwkv/model.py and
@@ -22,6 +23,11 @@
 // threads are torch's threads.
 
 #include <omp.h>
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define VISUALRWKV_SIMD 1
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -85,7 +91,7 @@ const float* as_floats(const Tensor& t, int64_t n, float* scratch) {
 
 constexpr int64_t U = 16;  // input rows per pass over a partial row (see team_matmul)
 
-// acc[j] += sum_u xs[u] block[u * out + j] for j < n, the U input rows of one pass (fp32 or int8 codes).
+// acc[j] += sum_u xs[u] block[u * out + j] for j < n, the U input rows of one pass (fp32 weights).
 template <typename Weight>
 inline void accumulate(float* __restrict acc, const float* xs, const Weight* __restrict block, int64_t out,
                        int64_t n) {
@@ -130,22 +136,6 @@ inline void accumulate(float* __restrict acc, const float* xs, const bf16* __res
     for (; j < n; ++j) {
         float s = acc[j];
         for (int64_t u = 0; u < U; ++u) s += xs[u] * float(block[u * out + j]);
-        acc[j] = s;
-    }
-}
-
-// acc[j] += sum_p xs[2p] lo(block[p, j]) + xs[2p+1] hi(block[p, j]) over U/2 byte rows of int4 codes,
-// the nibbles unshifted (0..15): the caller takes 8 * sum(xs) off the group once.
-inline void accumulate_nibbles(float* __restrict acc, const float* xs, const uint8_t* __restrict block, int64_t out,
-                               int64_t n) {
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
-        float s = acc[j];
-#pragma GCC unroll 8
-        for (int64_t p = 0; p < U / 2; ++p) {
-            const uint32_t byte = block[p * out + j];
-            s += xs[2 * p] * float(byte & 15u) + xs[2 * p + 1] * float(byte >> 4);
-        }
         acc[j] = s;
     }
 }
@@ -203,50 +193,222 @@ void team_matmul_dense(const float* x, int64_t rows, int64_t ldx, const Weight* 
     team_sum(partial, rows * out, y);
 }
 
-// The same over int8 or int4 codes: each thread takes whole groups of input rows; a group's sum over
-// its rows is taken from the codes as they are and scaled once per column (the scale row is read
-// once per group). Equal to the fp32 product over the dequantized weights up to summation order.
+// ---------------------------------------------------------------------------------------------- quantized products
+//
+// A product over int8/int4 codes sums code x activation within a group, then scales the sum once per
+// column. Widening every code to fp32 for that left these products compute-bound at ~2.5x their
+// bandwidth bound; here the sums are integer pair products (vpdpwssd where the CPU has VNNI, else
+// AVX2's vpmaddwd), on the activations split into integers per block of input rows, exactly enough
+// that the product is still the fp32 one over the dequantized weights up to summation order:
+//   x = peak (hi + lo / 2^15 + fine / 2^30) / 32767,  peak = max|x| over the block,  hi, lo, fine int16:
+// 30 bits against the block's largest value, so every value down to 2^-9 of it within 2^-22 of itself
+// (fp32 rounds to 2^-24); a block holding a smaller nonzero value sums `fine` too (45 bits: within
+// 2^-22 down to 2^-24 of the peak). Every partial sum fits int32: |code| <= 127 (int4: 15, its +8
+// taken off after), |hi| <= 32767, |lo|, |fine| <= 16384, <= 128 rows a block.
+
+constexpr float HI_UNIT = 1.0f / 32767, LO_UNIT = HI_UNIT / 32768, FINE_UNIT = LO_UNIT / 32768;
+constexpr float FINE_BELOW = 1.0f / 512;  // a block with a nonzero |x| < FINE_BELOW peak sums `fine` too
+constexpr int64_t MAX_SPLIT_ROWS = 128;  // rows per activation block: keeps every integer sum in int32
+// Columns per chunk of a quantized product: a group's rows of one chunk (32 x 4096 int8 codes, 128 KiB) stay
+// in L2 while the next group's are prefetched behind them (a 65536-column head at once measured ~30% slower).
+constexpr int64_t QUANTIZED_CHUNK = 4096;
+// The software prefetch runs one group ahead (the next group's rows at the same columns), into L2 (T2):
+// into L1 (T0) it took the fill buffers the loads need and read ~12% slower here; without it ~25% slower.
+constexpr int64_t PREFETCH_ROWS = 32;
+
+// The block of input rows the activations are split over: the group, or its largest even divisor <= 128.
+int64_t split_rows_per_block(int64_t group) {
+    if (group <= MAX_SPLIT_ROWS) return group;
+    for (int64_t d = MAX_SPLIT_ROWS; d >= 2; d -= 2)
+        if (group % d == 0) return d;
+    return 2;
+}
+
+// Activations [rows, count] split as above, block by block (`split` rows a block).
+struct SplitRows {
+    std::vector<int16_t> hi, lo, fine;
+    std::vector<float> peak;    // [rows, count / split]; NaN where the block holds a NaN or an infinity
+    std::vector<int32_t> sums;  // [rows, count / split, 3]: the block's sums of hi, lo, fine (int4's offset)
+    std::vector<uint8_t> needs_fine;  // [rows, count / split]
+};
+
+void split_activations(const float* x, int64_t rows, int64_t ldx, int64_t count, int64_t split, SplitRows& q) {
+    const int64_t blocks = count / split;
+    for (auto* part : {&q.hi, &q.lo, &q.fine}) part->assign(size_t(rows * count), 0);
+    q.peak.resize(size_t(rows * blocks));
+    q.sums.assign(size_t(rows * blocks * 3), 0);
+    q.needs_fine.assign(size_t(rows * blocks), 0);
+    for (int64_t b = 0; b < rows; ++b)
+        for (int64_t k = 0; k < blocks; ++k) {
+            const float* v = x + b * ldx + k * split;
+            const int64_t at = b * count + k * split, block = b * blocks + k;
+            float peak = 0, probe = 0;  // probe: NaN if any value is NaN or infinite
+            for (int64_t i = 0; i < split; ++i) {
+                peak = std::max(peak, std::fabs(v[i]));
+                probe += v[i] * 0.0f;
+            }
+            q.peak[block] = probe == 0 ? peak : NAN;  // (NaN != 0): all codes stay 0, the products NaN
+            if (peak == 0 || probe != 0) continue;
+            const double inverse = 32767.0 / peak;  // double: exact enough for 45 bits, a subnormal peak too
+            int32_t* sums = q.sums.data() + block * 3;
+            for (int64_t i = 0; i < split; ++i) {
+                const double t = v[i] * inverse, h = std::nearbyint(t), r = (t - h) * 32768, l = std::nearbyint(r);
+                q.hi[at + i] = int16_t(h);
+                q.lo[at + i] = int16_t(l);
+                q.fine[at + i] = int16_t(std::nearbyint((r - l) * 32768));
+                sums[0] += q.hi[at + i];
+                sums[1] += q.lo[at + i];
+                sums[2] += q.fine[at + i];
+                if (v[i] != 0 && std::fabs(v[i]) < FINE_BELOW * peak) q.needs_fine[block] = 1;
+            }
+        }
+}
+
+// The code of input row i, column j, of a block of int8 codes [R, out] or int4 nibble pairs [R/2, out]
+// (int4 as stored: q + 8).
+template <int Bits>
+inline int32_t code_at(const void* codes, int64_t out, int64_t i, int64_t j) {
+    if (Bits == 8) return static_cast<const int8_t*>(codes)[i * out + j];
+    const uint8_t byte = static_cast<const uint8_t*>(codes)[(i / 2) * out + j];
+    return i % 2 ? byte >> 4 : byte & 15;
+}
+
+#ifdef VISUALRWKV_SIMD
+// int16 values 2p and 2p+1 as one int32 (the pair a broadcast hands every lane)
+inline int32_t pair_at(const int16_t* v, int64_t p) {
+    int32_t pair;
+    std::memcpy(&pair, v + 2 * p, sizeof pair);
+    return pair;
+}
+
+// acc + the pair products of a and b (int16 pairs summed into int32 lanes)
+inline __m256i dot_pairs(__m256i acc, __m256i a, __m256i b) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpwssd_epi32(acc, a, b);
+#elif defined(__AVXVNNI__)
+    return _mm256_dpwssd_avx_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
+// The codes of input rows 2p and 2p+1, columns j..j+31, as four vectors of int16 pairs (8 columns each).
+template <int Bits>
+inline void code_pairs(const void* codes, int64_t out, int64_t p, int64_t j, __m256i& w0, __m256i& w1, __m256i& w2,
+                       __m256i& w3) {
+    if (Bits == 8) {
+        const int8_t* r0 = static_cast<const int8_t*>(codes) + 2 * p * out + j;
+        const int8_t* r1 = r0 + out;
+        const __m128i a0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r0));
+        const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1));
+        const __m128i a1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r0 + 16));
+        const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1 + 16));
+        w0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a0, b0));
+        w1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a0, b0));
+        w2 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a1, b1));
+        w3 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a1, b1));
+    } else {  // byte (p, j) -> the pair (low nibble, high nibble): bits 0-3 and 16-19 of its lane
+        const uint8_t* row = static_cast<const uint8_t*>(codes) + p * out + j;
+        const __m256i mask = _mm256_set1_epi32(0x000F000F);
+        auto pairs = [&](int k) {
+            const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 8 * k)));
+            return _mm256_and_si256(_mm256_or_si256(d, _mm256_slli_epi32(d, 12)), mask);
+        };
+        w0 = pairs(0);
+        w1 = pairs(1);
+        w2 = pairs(2);
+        w3 = pairs(3);
+    }
+}
+#endif
+
+// dst[j] += wscale[j] peak sum_i code[i, j] (a[i] ua + b[i] ub) for j < n: R input rows of codes (`out`
+// apart) against one block of split activations, two of its parts (a, b; b null: a alone) with their
+// sums (int4's offset); wscale the fp16 scales of the rows' group.
+template <int Bits, bool Two>
+void block_product(const void* codes, int64_t out, int64_t n, int64_t R, const int16_t* a, const int16_t* b, float ua,
+                   float ub, const int32_t* sums, float peak, const uint16_t* wscale, float* __restrict dst) {
+    const int32_t off_a = Bits == 4 ? 8 * sums[0] : 0, off_b = Bits == 4 && Two ? 8 * sums[1] : 0;
+    int64_t j = 0;
+#ifdef VISUALRWKV_SIMD
+    const __m256 pv = _mm256_set1_ps(peak), ua_v = _mm256_set1_ps(ua), ub_v = _mm256_set1_ps(ub);
+    const __m256i oa = _mm256_set1_epi32(off_a), ob = _mm256_set1_epi32(off_b);
+    for (; j + 32 <= n; j += 32) {
+        __m256i h0 = _mm256_setzero_si256(), h1 = h0, h2 = h0, h3 = h0, l0 = h0, l1 = h0, l2 = h0, l3 = h0;
+        for (int64_t p = 0; p < R / 2; ++p) {
+            __m256i w0, w1, w2, w3;
+            code_pairs<Bits>(codes, out, p, j, w0, w1, w2, w3);
+            if ((j & 63) == 0) {  // a cache line: the same columns of the next group's rows
+                const char* row = static_cast<const char*>(codes) + ((Bits == 8 ? 2 * p : p) + PREFETCH_ROWS) * out + j;
+                _mm_prefetch(row, _MM_HINT_T2);
+                if (Bits == 8) _mm_prefetch(row + out, _MM_HINT_T2);
+            }
+            const __m256i xa = _mm256_set1_epi32(pair_at(a, p));
+            h0 = dot_pairs(h0, w0, xa);
+            h1 = dot_pairs(h1, w1, xa);
+            h2 = dot_pairs(h2, w2, xa);
+            h3 = dot_pairs(h3, w3, xa);
+            if (Two) {
+                const __m256i xb = _mm256_set1_epi32(pair_at(b, p));
+                l0 = dot_pairs(l0, w0, xb);
+                l1 = dot_pairs(l1, w1, xb);
+                l2 = dot_pairs(l2, w2, xb);
+                l3 = dot_pairs(l3, w3, xb);
+            }
+        }
+        const __m256i h[4] = {h0, h1, h2, h3}, l[4] = {l0, l1, l2, l3};
+        for (int k = 0; k < 4; ++k) {
+            const __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(l[k], ob)), ub_v,
+                                               _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(h[k], oa)), ua_v));
+            const __m256 ws = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wscale + j + 8 * k)));
+            float* d = dst + j + 8 * k;
+            _mm256_storeu_ps(d, _mm256_fmadd_ps(_mm256_mul_ps(ws, pv), sum, _mm256_loadu_ps(d)));
+        }
+    }
+#endif
+    for (; j < n; ++j) {
+        int32_t sa = 0, sb = 0;
+        for (int64_t i = 0; i < R; ++i) {
+            const int32_t c = code_at<Bits>(codes, out, i, j);
+            sa += c * a[i];
+            if (Two) sb += c * b[i];
+        }
+        dst[j] += half_to_float(wscale[j]) * peak * (float(sb - off_b) * ub + float(sa - off_a) * ua);
+    }
+}
+
+// y = x @ w over int8 or int4 codes, by every thread of the region: each thread takes whole groups of
+// input rows, splits its part of the activations once, and streams its codes block by block (each
+// group's scale row read once per column chunk) into its partial rows; then the partials are summed.
 template <int Bits>
 void team_matmul_quantized(const float* x, int64_t rows, int64_t ldx, const Tensor& w, int64_t in, int64_t out,
                            float* y, float* partial) {
     const int threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t G = w.group, groups = in / G, chunk = column_chunk(rows);
+    const int64_t G = w.group, groups = in / G, split = split_rows_per_block(G);
+    const int64_t chunk = std::min(column_chunk(rows), QUANTIZED_CHUNK);
     const int64_t g_first = groups * t / threads, g_last = groups * (t + 1) / threads;
+    const int64_t count = (g_last - g_first) * G, blocks = count / split, per_group = G / split;
     float* mine = partial + t * rows * out;
-    static thread_local std::vector<float> sums, scale;
-    sums.resize(size_t(rows * chunk));
-    scale.resize(size_t(chunk));
+    static thread_local SplitRows q;
+    split_activations(x + g_first * G, rows, ldx, count, split, q);
     for (int64_t c0 = 0; c0 < out; c0 += chunk) {
         const int64_t n = std::min(chunk, out - c0);
         for (int64_t b = 0; b < rows; ++b) std::fill_n(mine + b * out + c0, n, 0.0f);
         for (int64_t g = g_first; g < g_last; ++g) {
-            const uint16_t* s = w.scales + g * out + c0;
-            for (int64_t j = 0; j < n; ++j) scale[j] = half_to_float(s[j]);
-            for (int64_t b = 0; b < rows; ++b) {
-                float* __restrict acc = sums.data() + b * chunk;
-                std::fill_n(acc, n, 0.0f);
-                const float* xg = x + b * ldx + g * G;
-                float offset = 0;  // int4: the codes' +8, taken off once per group
-                int64_t i = 0;
-                if (Bits == 8) {
-                    const int8_t* codes = static_cast<const int8_t*>(w.data) + g * G * out + c0;
-                    for (; i + U <= G; i += U) accumulate(acc, xg + i, codes + i * out, out, n);
-                    for (; i < G; ++i)
-                        for (int64_t j = 0; j < n; ++j) acc[j] += xg[i] * float(codes[i * out + j]);
-                } else {
-                    const uint8_t* codes = static_cast<const uint8_t*>(w.data) + g * (G / 2) * out + c0;
-                    for (int64_t k = 0; k < G; ++k) offset += xg[k];
-                    offset *= 8;
-                    for (; i + U <= G; i += U) accumulate_nibbles(acc, xg + i, codes + (i / 2) * out, out, n);
-                    for (; i < G; i += 2)
-                        for (int64_t j = 0; j < n; ++j) {
-                            const uint32_t byte = codes[(i / 2) * out + j];
-                            acc[j] += xg[i] * float(byte & 15u) + xg[i + 1] * float(byte >> 4);
-                        }
+            const uint16_t* wscale = w.scales + g * out + c0;
+            for (int64_t k = 0; k < per_group; ++k) {
+                const int64_t first_row = g * G + k * split, block = (g - g_first) * per_group + k;
+                const void* codes = static_cast<const char*>(w.data) + first_row / (Bits == 8 ? 1 : 2) * out + c0;
+                for (int64_t b = 0; b < rows; ++b) {
+                    const int64_t at = b * count + block * split, index = b * blocks + block;
+                    const int32_t* sums = q.sums.data() + index * 3;
+                    float* dst = mine + b * out + c0;
+                    block_product<Bits, true>(codes, out, n, split, q.hi.data() + at, q.lo.data() + at, HI_UNIT,
+                                              LO_UNIT, sums, q.peak[index], wscale, dst);
+                    if (q.needs_fine[index])
+                        block_product<Bits, false>(codes, out, n, split, q.fine.data() + at, nullptr, FINE_UNIT, 0,
+                                                   sums + 2, q.peak[index], wscale, dst);
                 }
-                float* __restrict dst = mine + b * out + c0;
-#pragma omp simd
-                for (int64_t j = 0; j < n; ++j) dst[j] += scale[j] * (acc[j] - offset);
             }
         }
     }
