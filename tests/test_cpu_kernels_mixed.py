@@ -230,6 +230,7 @@ def test_builds_without_vnni_or_simd_give_the_same_products(flags, tmp_path):
         layer = QuantizedLinear.from_float(torch.randn(75, 96, generator=g), bits)
         x = torch.randn(2, 96, generator=g)
         y = torch.empty(2, 75)
-        arg = cpu_kernels.TensorArg(layer.weight.data_ptr(), layer.weight_scales.data_ptr(), cpu_kernels.KINDS[bits], 32)
+        arg = cpu_kernels.TensorArg(layer.weight.data_ptr(), layer.weight_scales.data_ptr(),
+                                    cpu_kernels.KINDS[bits], 32)
         lib.visualrwkv_matmul(x.data_ptr(), 2, ctypes.byref(arg), 96, 75, y.data_ptr(), 2)
         assert _within_fp32_rounding(y, x, layer), bits

@@ -101,3 +101,17 @@ def test_training_forward_is_never_segmented():
         lm(tokens)
     handle.remove()
     assert calls[0] == 20 and calls[1:] == [3] * 6 + [2]
+
+
+def test_the_segment_length_follows_the_weights():
+    """512 positions over float weights, 1024 over quantized ones (each segment dequantizes them again);
+    an int set on the model fixes it."""
+    from visualrwkv.rwkv.precision import set_precision
+
+    lm = random_rwkv6(64, 2, vocab_size=300, seed=0)
+    assert lm.segment_length() == 512
+    assert set_precision(random_rwkv6(64, 2, vocab_size=300, seed=0), "bfloat16").segment_length() == 512
+    quantized = set_precision(random_rwkv6(64, 2, vocab_size=300, seed=0), "int8")
+    assert quantized.segment_length() == 1024
+    quantized.prefill_segment = 7
+    assert quantized.segment_length() == 7

@@ -251,15 +251,16 @@ class VisualRWKV(nn.Module):
 
         Outside autograd a long input goes through all the blocks a segment at a time, carrying the
         state (the recurrence makes that the same computation), so a prompt's activations are those of
-        RWKV.prefill_segment positions whatever its length; a segment never cuts an image's span, whose
+        RWKV.segment_length() positions whatever its length; a segment never cuts an image's span, whose
         positions every layer reads in its scan order."""
         if state is None and self.state_tuning is not None:  # a sequence starts from the tuned state
             state = self.state_tuning.initial(x.shape[0], self.rwkv.dtype)
-        if torch.is_grad_enabled() or x.shape[1] <= self.rwkv.prefill_segment:
+        segment = self.rwkv.segment_length()
+        if torch.is_grad_enabled() or x.shape[1] <= segment:
             hidden, state = self._hidden_states(x, spans, state)
             return (hidden[:, -1:] if last_only else hidden), state
         hidden = []
-        for start, end in prefill_segments(spans, x.shape[1], self.rwkv.prefill_segment):
+        for start, end in prefill_segments(spans, x.shape[1], segment):
             part = [[span.shifted(-start) for span in row if start <= span.start < end] for row in spans]
             h, state = self._hidden_states(x[:, start:end], part, state)
             hidden = [h[:, -1:]] if last_only else hidden + [h]

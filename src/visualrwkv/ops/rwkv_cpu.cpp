@@ -374,7 +374,8 @@ void block_product(const void* codes, int64_t out, int64_t n, int64_t R, const i
             columns32(j, p, xa, xb, h0, h1, h2, h3, l0, l1, l2, l3);
             columns32(j + 32, p, xa, xb, g0, g1, g2, g3, m0, m1, m2, m3);
         }
-        const __m256i h[4] = {h0, h1, h2, h3}, l[4] = {l0, l1, l2, l3}, g[4] = {g0, g1, g2, g3}, m[4] = {m0, m1, m2, m3};
+        const __m256i h[4] = {h0, h1, h2, h3}, l[4] = {l0, l1, l2, l3};
+        const __m256i g[4] = {g0, g1, g2, g3}, m[4] = {m0, m1, m2, m3};
         flush32(j, h, l);
         flush32(j + 32, g, m);
     }

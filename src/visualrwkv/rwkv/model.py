@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops import cpu_kernels
 from ..ops.linear import Linear, rows_matmul
+from ..ops.quant import QuantizedLinear
 from ..ops.wkv6 import wkv6
 from .compiled_step import CompiledStep
 from .layers import HEAD_SIZE_DIVISOR
@@ -303,9 +304,11 @@ class RWKV(nn.Module):
 
     # Positions a prompt goes through the blocks at a time outside autograd (run_blocks,
     # VisualRWKV.hidden_states): enough that the products stay matrix-bound, few enough that a long
-    # prompt's activations stay a few tens of MiB. At C768, 4K prompts: 512 against 1024 halved the
-    # prefill's memory above the weights (+215 -> +117 MiB) for 1-2% of its speed.
-    prefill_segment = 512
+    # prompt's activations stay a few tens of MiB. None picks by the weights (`segment_length`): 512
+    # positions over float weights (against 1024 it halved a 4K prefill's memory above the weights,
+    # +215 -> +117 MiB at C768, for 1-2% of its speed), 1024 over quantized ones, which every segment
+    # dequantizes once more (int4 prefill of 1K prompts measured 18% slower in 512s). An int fixes it.
+    prefill_segment: int | None = None
 
     def __init__(self, config: RWKVConfig):
         super().__init__()
@@ -358,16 +361,23 @@ class RWKV(nn.Module):
         x, new_state = stepped if stepped is not None else self.run_blocks(x, state, last_only=logits != "all")
         return self.project(x.to(self.dtype), logits), new_state  # the C++ step's hidden state is fp32
 
+    def segment_length(self) -> int:
+        """Positions a long prompt goes through the blocks at a time (see `prefill_segment`)."""
+        if self.prefill_segment is not None:
+            return self.prefill_segment
+        return 1024 if isinstance(self.head, QuantizedLinear) else 512
+
     def run_blocks(self, x: Tensor, state: RWKVState | None, last_only: bool = False) -> tuple[Tensor, RWKVState]:
         """Embeddings [B, T, C] through every block: (the last hidden states [B, T, C], or [B, 1, C] with
-        `last_only`; the new state). Outside autograd a long input goes prefill_segment positions at a
+        `last_only`; the new state). Outside autograd a long input goes `segment_length()` positions at a
         time through all the blocks, carrying the state: the same computation, with the activations of
         one segment whatever the length."""
-        if torch.is_grad_enabled() or x.shape[1] <= self.prefill_segment:
+        segment = self.segment_length()
+        if torch.is_grad_enabled() or x.shape[1] <= segment:
             hidden, state = self._run_blocks(x, state)
             return (hidden[:, -1:] if last_only else hidden), state
         hidden = []
-        for part in x.split(self.prefill_segment, 1):
+        for part in x.split(segment, 1):
             h, state = self._run_blocks(part, state)
             hidden = [h[:, -1:]] if last_only else hidden + [h]
         return torch.cat(hidden, 1), state
