@@ -172,10 +172,10 @@ def test_quantized_linear_uses_the_compiled_product_for_a_few_rows(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ integer sums
-# The quantized products sum code x activation in integers, on the activations split per block of input
-# rows (x ≈ peak (hi/32767 + lo/(32767 · 32768)), rwkv_cpu.cpp): the result must stay the fp32 product over
-# the dequantized weights whatever the activations' magnitudes and the group size (blocks of at most 128
-# rows: larger groups are split, every sum stays in int32).
+# The quantized products sum code x activation in integers (int4; int8 at one row, several rows widen the
+# codes to fp32), on the activations split per block of input rows (x ≈ peak (hi/32767 + lo/(32767 · 32768)),
+# rwkv_cpu.cpp): the result must stay the fp32 product over the dequantized weights whatever the activations'
+# magnitudes and the group size (blocks of at most 128 rows: larger groups are split, every sum in int32).
 
 def _within_fp32_rounding(y, x, layer):
     exact = x.double() @ layer.dequantize(torch.float64).t()
