@@ -15,7 +15,7 @@ from visualrwkv.ops.quant import QuantizedLinear, quantize
 from visualrwkv.rwkv.checkpoint import config_from_state_dict, drop_ignored_keys, load_rwkv
 from visualrwkv.rwkv.model import RWKV
 from visualrwkv.rwkv.precision import set_precision
-from visualrwkv.testing import random_rwkv6, random_rwkv7_state_dict, torch_threads
+from visualrwkv.testing import fp32_rounding_excess, random_rwkv6, random_rwkv7_state_dict, torch_threads
 
 HAS_COMPILER = bool(shutil.which("g++") or shutil.which("c++"))
 pytestmark = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: the PyTorch step is used")
@@ -174,14 +174,11 @@ def test_quantized_linear_uses_the_compiled_product_for_a_few_rows(monkeypatch):
 # ------------------------------------------------------------------------------------------------ integer sums
 # The quantized products sum code x activation in integers (int4; int8 at one row, several rows widen the
 # codes to fp32), on the activations split per block of input rows (x ≈ peak (hi/32767 + lo/(32767 · 32768)),
-# rwkv_cpu.cpp): the result must stay the fp32 product over the dequantized weights whatever the activations'
+# cpu_products.h): the result must stay the fp32 product over the dequantized weights whatever the activations'
 # magnitudes and the group size (blocks of at most 128 rows: larger groups are split, every sum in int32).
 
 def _within_fp32_rounding(y, x, layer):
-    exact = x.double() @ layer.dequantize(torch.float64).t()
-    scale = x.double().abs() @ layer.dequantize(torch.float64).abs().t()
-    bound = 2 * x.shape[-1] ** 0.5 * torch.finfo(torch.float32).eps * scale
-    return ((y.double() - exact).abs() <= bound).all()
+    return fp32_rounding_excess(y, x, layer.dequantize(torch.float64)) <= 1
 
 
 @settings(max_examples=40, deadline=None)

@@ -111,3 +111,13 @@ def torch_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def fp32_rounding_excess(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> float:
+    """How far fp32 rows y [M, out] of x [M, K] @ weight.t() ([out, K]) stray past fp32's rounding of a
+    length-K sum (2 sqrt(K) units of the unit roundoff times sum |x||w|, judged against float64): <= 1
+    where y is the fp32 product up to summation order, whatever that order is."""
+    exact = x.double() @ weight.double().t()
+    scale = x.double().abs() @ weight.double().abs().t()
+    bound = 2 * x.shape[-1] ** 0.5 * torch.finfo(torch.float32).eps * scale
+    return ((y.double() - exact).abs() / bound.clamp(min=torch.finfo(torch.float64).tiny)).max().item()

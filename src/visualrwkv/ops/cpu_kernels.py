@@ -1,4 +1,5 @@
-"""Compiled CPU decoding: rwkv_cpu.cpp, built on first use with the machine's C++ compiler.
+"""Compiled CPU decoding: rwkv_cpu.cpp (its products in cpu_products.h), built on first use with the
+machine's C++ compiler.
 
 Why hand-written: a decoding step is bound by reading the weights once (~590 MB per token for the
 0.1B-class model in fp32), and eager PyTorch loses a third of the step to ~2,500 small operator calls
@@ -34,11 +35,12 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("rwkv_cpu.cpp")
+HEADER = Path(__file__).with_name("cpu_products.h")  # included by SOURCE: its products
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 ENV_SWITCH = "VISUALRWKV_CPU_KERNELS"  # "0" turns the compiled kernels off
 MAX_ROWS = 16  # beyond this many rows a product is no longer bound by reading the weights
 WEIGHT_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # the dense weights the kernels read: their `Kind`
-KINDS = {torch.float32: 0, torch.bfloat16: 1, 8: 2, 4: 3}  # rwkv_cpu.cpp's `Kind`: float dtypes and quantized bits
+KINDS = {torch.float32: 0, torch.bfloat16: 1, 8: 2, 4: 3}  # cpu_products.h's `Kind`: float dtypes and quantized bits
 MAX_HEAD_SIZE_7 = 256  # the RWKV-7 block keeps a head's vectors on the stack
 
 # per layer, in the order of the `Param6` / `Param7` enums in rwkv_cpu.cpp (attribute paths under a Block)
@@ -68,7 +70,7 @@ _p = ctypes.c_void_p
 
 
 class TensorArg(ctypes.Structure):
-    """rwkv_cpu.cpp's `Tensor`: a parameter's memory, its fp16 scales (quantized matrices) and kind."""
+    """cpu_products.h's `Tensor`: a parameter's memory, its fp16 scales (quantized matrices) and kind."""
 
     _fields_ = [("data", ctypes.c_void_p), ("scales", ctypes.c_void_p), ("kind", ctypes.c_int64),
                 ("group", ctypes.c_int64)]
@@ -125,7 +127,8 @@ def _compile(command: list[str]) -> bool:
 
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_fingerprint()]).encode()).hexdigest()[:16]
+    texts = [SOURCE.read_text(), HEADER.read_text()]
+    key = hashlib.sha256("\0".join([*texts, *FLAGS, version, _cpu_fingerprint()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"rwkv_cpu-{key}.so"
     if target.exists():
         return target

@@ -11,7 +11,7 @@ the embedding: along a row). Each group has one float16 scale s, and W ≈ s·q:
 The bytes per weight are those of llama.cpp's Q8_0 and Q4_0 (also 32 per fp16 scale), so speed
 comparisons read the same bytes. Activations are never rounded: where llama.cpp quantizes them to 8 bits,
 the compiled product splits each block of them into integer parts that hold 30 to 45 bits of it (see
-rwkv_cpu.cpp), so that it sums in integers and still equals the fp32 product up to summation order (int4
+cpu_products.h), so that it sums in integers and still equals the fp32 product up to summation order (int4
 always, int8 for one row; int8 against several rows widens the codes to fp32, which is faster there).
 
 **Memory layout** (what a compiled decode product reads directly, see ops/linear.py): a linear

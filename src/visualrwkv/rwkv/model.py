@@ -306,7 +306,7 @@ class RWKV(nn.Module):
     # VisualRWKV.hidden_states): enough that the products stay matrix-bound, few enough that a long
     # prompt's activations stay a few tens of MiB. None picks by the weights (`segment_length`): 512
     # positions over float weights (against 1024 it halved a 4K prefill's memory above the weights,
-    # +215 -> +117 MiB at C768, for 1-2% of its speed), 1024 over quantized ones, which every segment
+    # +215 -> +117 MiB at C768, for 2-3% of its speed), 1024 over quantized ones, which every segment
     # dequantizes once more (int4 prefill of 1K prompts measured 18% slower in 512s). An int fixes it.
     prefill_segment: int | None = None
 

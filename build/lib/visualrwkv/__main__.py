@@ -1,0 +1,7 @@
+"""`python -m visualrwkv ...` is `visualrwkv ...`."""
+
+import sys
+
+from visualrwkv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per benchmark: its file layout, reader, scorer glue and fixture writer (each exposes `TASK`)."""
