@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from visualrwkv.ops import cpu_kernels
-from visualrwkv.ops.quant import QuantizedLinear, quantize
+from visualrwkv.ops.quant import QuantizedLinear
 from visualrwkv.rwkv.checkpoint import config_from_state_dict, drop_ignored_keys, load_rwkv
 from visualrwkv.rwkv.model import RWKV
 from visualrwkv.rwkv.precision import set_precision
@@ -155,9 +155,11 @@ def test_quantized_matmul_is_the_product_over_the_dequantized_weights(bits, rows
     x = torch.randn(rows, n_in, generator=g)
     for threads in (1, 2, 3):
         with torch_threads(threads):
-            got = cpu_kernels.quantized_matmul(x, layer.weight, layer.weight_scales, bits, group)
+            got = cpu_kernels.quantized_matmul(x, layer)
         torch.testing.assert_close(got, x @ layer.dequantize().t(), rtol=1e-5, atol=1e-5)
-    assert cpu_kernels.quantized_matmul(x, *quantize(torch.randn(n_out, n_in), bits, group), bits, group) is None  # [out, in] memory
+    strided = QuantizedLinear.from_float(torch.randn(n_out, n_in, generator=g), bits, group)
+    strided.weight.data = torch.stack([strided.weight.data] * 2, 1)[:, 0]  # the same tiles, not contiguous
+    assert cpu_kernels.quantized_matmul(x, strided) is None
 
 
 @torch.no_grad()
@@ -172,10 +174,11 @@ def test_quantized_linear_uses_the_compiled_product_for_a_few_rows(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ integer sums
-# The quantized products sum code x activation in integers (int4; int8 at one row, several rows widen the
-# codes to fp32), on the activations split per block of input rows (x ≈ peak (hi/32767 + lo/(32767 · 32768)),
-# cpu_products.h): the result must stay the fp32 product over the dequantized weights whatever the activations'
-# magnitudes and the group size (blocks of at most 128 rows: larger groups are split, every sum in int32).
+# The quantized products sum code x activation in integers (vpdpbusd, or its exact AVX2 emulation), on the
+# activations split per block of input rows into signed bytes (x ≈ peak (d3 2^24 + ... + d0) / 2^30, plus two
+# finer digits where a block holds a small value: cpu_products.h): the result must stay the fp32 product over
+# the dequantized weights whatever the activations' magnitudes and the group size (groups padded to 8 rows in
+# the tiles, blocks of at most 128 rows: larger groups are split, every digit's sum exact in fp32).
 
 def _within_fp32_rounding(y, x, layer):
     return fp32_rounding_excess(y, x, layer.dequantize(torch.float64)) <= 1
@@ -194,7 +197,7 @@ def test_integer_sums_keep_the_fp32_product(bits, group, groups, out, rows, magn
         x = x * (torch.rand(rows, group * groups, generator=g) < 0.3) * 1e-4
         x[:, 0] = magnitude
     with torch_threads(2):
-        y = cpu_kernels.quantized_matmul(x, layer.weight, layer.weight_scales, bits, group)
+        y = cpu_kernels.quantized_matmul(x, layer)
     assert _within_fp32_rounding(y, x, layer)
 
 
@@ -205,15 +208,31 @@ def test_a_non_finite_activation_gives_a_non_finite_row_and_leaves_the_others(bi
     layer = QuantizedLinear.from_float(torch.randn(70, 96), bits)
     x = torch.randn(3, 96)
     x[1, 40] = bad
-    y = cpu_kernels.quantized_matmul(x, layer.weight, layer.weight_scales, bits, 32)
+    y = cpu_kernels.quantized_matmul(x, layer)
     assert not torch.isfinite(y[1]).any()
     assert torch.isfinite(y[[0, 2]]).all() and _within_fp32_rounding(y[[0, 2]], x[[0, 2]], layer)
 
 
-@pytest.mark.parametrize("flags", [["-mno-avx2"], ["-mavx2", "-mfma", "-mf16c"]], ids=["portable", "avx2-no-vnni"])
+def _cpu_flags() -> set[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+_AVX2 = ["-mavx2", "-mfma", "-mf16c"]
+
+
+@pytest.mark.parametrize("flags", [["-mno-avx2"], _AVX2, [*_AVX2, "-mavx512vl", "-mavx512vnni"]],
+                         ids=["portable", "avx2-no-vnni", "avx2-256-bit-vnni"])
 @torch.no_grad()
 def test_builds_without_vnni_or_simd_give_the_same_products(flags, tmp_path):
-    """The paths other CPUs take (vpmaddwd without VNNI; plain loops without AVX2), built here with those flags."""
+    """The paths other CPUs take, built here with those flags: plain loops without AVX2; 8 lanes with vpdpbusd
+    emulated by vpmaddwd (AVX2 without VNNI); 8 lanes with a 256-bit vpdpbusd (AVX-VNNI, or AVX512-VNNI
+    without AVX512BW)."""
+    if "-mavx512vnni" in flags and not {"avx512_vnni", "avx512vl"} <= _cpu_flags():
+        pytest.skip("this CPU has no 256-bit vpdpbusd to run that build")
     compiler = shutil.which("g++") or shutil.which("c++")
     target = tmp_path / "kernel.so"
     build = subprocess.run([compiler, "-O2", "-fopenmp", "-shared", "-fPIC", "-std=c++17", *flags,

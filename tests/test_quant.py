@@ -18,8 +18,8 @@ from visualrwkv.engine.sampling import SamplingParams
 from visualrwkv.model import VisualRWKV
 from visualrwkv.ops.cpu_kernels import MAX_ROWS
 from visualrwkv.ops.linear import gemm_dtype
-from visualrwkv.ops.quant import (GROUP_SIZE, QuantizedEmbedding, QuantizedLinear, dequantize, pack_int4, quantize,
-                                  unpack_int4)
+from visualrwkv.ops.quant import (GROUP_SIZE, QuantizedEmbedding, QuantizedLinear, dequantize, from_tiles, pack_int4,
+                                  quantize, tile_bytes, to_tiles, unpack_int4)
 from visualrwkv.rwkv import precision
 from visualrwkv.rwkv.checkpoint import load_rwkv, save_rwkv
 from visualrwkv.rwkv.model import RWKV, RWKVConfig
@@ -73,6 +73,40 @@ def test_int4_packing_is_exact_and_ordered():
     packed = pack_int4(q)
     assert packed.shape == (1, 16) and packed[0, 0] == (0 | (1 << 4))  # value 0 low nibble, value 1 high
     assert torch.equal(unpack_int4(packed), q.to(torch.int8))
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.sampled_from([8, 4]), group=st.sampled_from([2, 6, 8, 32, 34, 64, 256]), groups=st.integers(1, 3),
+       out=st.integers(1, 200), data=st.data())
+def test_tiles_hold_the_codes_and_give_any_block_of_rows_back(bits, group, groups, out, data):
+    """The tile layout (padded groups, 64-column tiles, a narrower last one) is a permutation of the codes: every
+    block of output rows comes back as quantize() gave it, from the tiles alone and by the compiled kernel."""
+    w = torch.randn(out, group * groups, generator=torch.Generator().manual_seed(out + group))
+    codes, scales = quantize(w, bits, group)
+    tiles = to_tiles(codes, bits, group)
+    assert tiles.dtype == torch.uint8 and tiles.numel() == tile_bytes(group * groups, out, bits, group)
+    layer = QuantizedLinear.from_float(w, bits, group)
+    assert torch.equal(layer.weight, tiles)
+    a = data.draw(st.integers(0, out - 1))
+    b = data.draw(st.integers(a + 1, out))
+    assert torch.equal(from_tiles(tiles, bits, group, group * groups, out, a, b), codes[a:b])
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(layer.dequantize_rows(a, b, dtype), dequantize(codes[a:b], scales[a:b], bits, dtype))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_quantized_layer_keeps_the_codes_format_in_its_state_dict(bits):
+    w = torch.randn(70, 96)
+    layer = QuantizedLinear.from_float(w, bits)
+    codes, scales = quantize(w, bits)
+    sd = layer.state_dict()
+    assert torch.equal(sd["weight"], codes) and torch.equal(sd["weight_scales"], scales)
+    fresh = QuantizedLinear(96, 70, bits)
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh.weight, layer.weight) and torch.equal(fresh.dequantize(), layer.dequantize())
+    assigned = QuantizedLinear(96, 70, bits, device="meta")
+    assigned.load_state_dict(sd, assign=True)
+    assert torch.equal(assigned.weight, layer.weight)
 
 
 def test_zero_groups_and_bad_shapes():

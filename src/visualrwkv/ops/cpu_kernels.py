@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import operator
 import os
 import platform
 import shutil
@@ -166,6 +167,8 @@ def library() -> ctypes.CDLL | None:
     lib.visualrwkv_rows_matmul.restype = None
     lib.visualrwkv_matmul.argtypes = [_p, _i, ctypes.POINTER(TensorArg), _i, _i, _p, ctypes.c_int]
     lib.visualrwkv_matmul.restype = None
+    lib.visualrwkv_dequantize.argtypes = [ctypes.POINTER(TensorArg), _i, _i, _i, _i, ctypes.c_int, _p, ctypes.c_int]
+    lib.visualrwkv_dequantize.restype = None
     lib.visualrwkv_step.argtypes = ([ctypes.c_int] + [_i] * 5 + [ctypes.POINTER(_i), ctypes.POINTER(TensorArg),
                                     ctypes.POINTER(TensorArg), _f, _f] + [_p] * 7 + [ctypes.c_int])
     lib.visualrwkv_step.restype = ctypes.c_int
@@ -197,24 +200,45 @@ def rows_matmul(x: Tensor, w: Tensor) -> Tensor | None:
     return y.to(x.dtype).view(*x.shape[:-1], w.shape[1])
 
 
-def quantized_matmul(x: Tensor, codes: Tensor, scales: Tensor, bits: int, group_size: int) -> Tensor | None:
-    """fp32 rows x [..., in] times a quantized matrix in the GEMV layout (ops/quant.py: codes.t() and
-    scales.t() contiguous) by the compiled product: the fp32 product over the dequantized weights, up to
-    summation order. None where it does not apply (autograd, too many rows, another layout)."""
-    if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or codes.device.type != "cpu"
-            or not codes.t().is_contiguous() or not scales.t().is_contiguous() or scales.dtype != torch.float16
-            or bits not in (8, 4) or group_size <= 0 or group_size % 2 or x.shape[-1] % group_size
+def quantized_matmul(x: Tensor, layer) -> Tensor | None:
+    """fp32 rows x [..., in] times a `QuantizedLinear` (its tiles and input-major scales, ops/quant.py) by
+    the compiled product: the fp32 product over the dequantized weights, up to summation order. None
+    where it does not apply (autograd, too many rows, another device)."""
+    arg = _quantized_argument(layer)
+    if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32 or arg is None
+            or x.shape[-1] != layer.in_features or not 0 < x.numel() <= MAX_ROWS * layer.in_features
             or (lib := library()) is None):
         return None
-    out, in_features = codes.shape[0], x.shape[-1]
-    if not 0 < x.numel() <= MAX_ROWS * in_features or codes.shape[1] * (2 if bits == 4 else 1) != in_features:
+    rows = x.reshape(-1, layer.in_features).contiguous()
+    y = torch.empty(rows.shape[0], layer.out_features)
+    lib.visualrwkv_matmul(rows.data_ptr(), rows.shape[0], ctypes.byref(arg), layer.in_features, layer.out_features,
+                          y.data_ptr(), torch.get_num_threads())
+    return y.view(*x.shape[:-1], layer.out_features)
+
+
+def dequantize_rows(layer, a: int, b: int, dtype: torch.dtype) -> Tensor | None:
+    """Output rows a..b of a `QuantizedLinear`'s weight as [b - a, in] fp32 or bf16 (input-major memory,
+    as a GEMM takes it) by the compiled kernel: the values of `quant.dequantize`. None where it does not apply."""
+    if dtype not in (torch.float32, torch.bfloat16) or (arg := _quantized_argument(layer)) is None \
+            or (lib := library()) is None:
         return None
-    rows = x.reshape(-1, in_features).contiguous()
-    y = torch.empty(rows.shape[0], out)
-    arg = TensorArg(codes.data_ptr(), scales.data_ptr(), KINDS[bits], group_size)
-    lib.visualrwkv_matmul(rows.data_ptr(), rows.shape[0], ctypes.byref(arg), in_features, out, y.data_ptr(),
-                          torch.get_num_threads())
-    return y.view(*x.shape[:-1], out)
+    y = torch.empty(layer.in_features, b - a, dtype=dtype)
+    lib.visualrwkv_dequantize(ctypes.byref(arg), layer.in_features, layer.out_features, a, b,
+                              int(dtype == torch.bfloat16), y.data_ptr(), torch.get_num_threads())
+    return y.t()
+
+
+def _quantized_argument(layer) -> TensorArg | None:
+    """The kernel's view of a QuantizedLinear: its tiles and scales where they are as the kernel reads them."""
+    from .quant import tile_bytes  # noqa: PLC0415 (quant imports this module)
+
+    tiles, scales, bits, group = layer.weight, layer.weight_scales, layer.bits, layer.group_size
+    if (tiles.device.type != "cpu" or tiles.dtype != torch.uint8 or tiles.dim() != 1 or not tiles.is_contiguous()
+            or tiles.numel() != tile_bytes(layer.in_features, layer.out_features, bits, group)
+            or scales.dtype != torch.float16 or not scales.t().is_contiguous()
+            or scales.shape != (layer.out_features, layer.in_features // group) or bits not in KINDS):
+        return None
+    return TensorArg(tiles.data_ptr(), scales.data_ptr(), KINDS[bits], group)
 
 
 _NULL = TensorArg(None, None, 0, 0)
@@ -226,15 +250,10 @@ def _argument(owner, attribute: str, kind: str, shape: torch.Size) -> TensorArg 
     if t is None or t.device.type != "cpu":
         return None
     if kind == "linear":  # [out, in] values in [in, out] memory (the GEMV layout)
-        scales = getattr(owner, "weight_scales", None)
-        if scales is not None:  # a QuantizedLinear
-            bits, group = owner.bits, owner.group_size
-            width = shape[1] // 2 if bits == 4 else shape[1]
-            if (t.dtype != (torch.int8 if bits == 8 else torch.uint8) or t.shape != (shape[0], width)
-                    or not t.t().is_contiguous() or scales.dtype != torch.float16 or not scales.t().is_contiguous()
-                    or group <= 0 or group % 2 or shape[1] % group or scales.shape != (shape[0], shape[1] // group)):
+        if hasattr(owner, "weight_scales"):  # a QuantizedLinear
+            if (owner.out_features, owner.in_features) != tuple(shape):
                 return None
-            return TensorArg(t.data_ptr(), scales.data_ptr(), KINDS[bits], group)
+            return _quantized_argument(owner)
         if t.dtype not in WEIGHT_DTYPES or t.shape != shape or not t.t().is_contiguous():
             return None
     elif t.dtype not in WEIGHT_DTYPES or t.shape != shape or not t.is_contiguous():
@@ -269,26 +288,28 @@ class _Pointers:
                     self.slots.append((block.get_submodule(parent_path), child, attribute, "linear", shape))
                 else:
                     self.slots.append((owner, None, attribute, "matrix" if name in LORA_MATRICES else "vector", shape))
-        self.key: list = []
+        self.tensors: list = []  # what the pointers were taken from: each slot's tensor and scales (or None)
+        self.addresses: list = []
         self.found: ctypes.Array | None = None
 
     def get(self) -> ctypes.Array | None:
+        # every step: the same tensor objects at the same addresses? (~336 slots at C768/L12: kept to plain
+        # comprehensions and C-level comparisons, ~0.1 ms, where a general key comparison took ~0.25)
         owners = [module._modules[child] if child else module for module, child, _, _, _ in self.slots]
-        key = []
-        for owner, (_, _, attribute, kind, _) in zip(owners, self.slots):
-            t = owner._parameters.get(attribute)
-            scales = getattr(owner, "weight_scales", None) if kind == "linear" else None
-            key += [t, scales, None if t is None else t.data_ptr(), None if scales is None else scales.data_ptr()]
-        if len(key) != len(self.key) or any(a is not b if isinstance(a, Tensor) or a is None else a != b
-                                            for a, b in zip(key, self.key)):
-            self.key, self.found = key, None
-            args = []
-            for owner, (_, _, attribute, kind, shape) in zip(owners, self.slots):
-                arg = _NULL if shape is None else _argument(owner, attribute, kind, shape)
-                if arg is None:
-                    return None
-                args.append(arg)
-            self.found = (TensorArg * len(args))(*args)
+        tensors = [owner._parameters.get(attribute) for owner, (_, _, attribute, _, _) in zip(owners, self.slots)]
+        tensors += [owner._buffers.get("weight_scales") if kind == "linear" else None
+                    for owner, (_, _, _, kind, _) in zip(owners, self.slots)]
+        addresses = [0 if t is None else t.data_ptr() for t in tensors]
+        if addresses == self.addresses and all(map(operator.is_, tensors, self.tensors)):
+            return self.found
+        self.tensors, self.addresses, self.found = tensors, addresses, None
+        args = []
+        for owner, (_, _, attribute, kind, shape) in zip(owners, self.slots):
+            arg = _NULL if shape is None else _argument(owner, attribute, kind, shape)
+            if arg is None:
+                return None
+            args.append(arg)
+        self.found = (TensorArg * len(args))(*args)
         return self.found
 
 

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 namespace {
@@ -24,10 +25,9 @@ namespace {
 
 enum Kind : int64_t { F32 = 0, BF16 = 1, INT8 = 2, INT4 = 3 };
 
-// What Python hands over for every parameter (`cpu_kernels.TensorArg`). Matrices are [in, out]
-// row-major; int8 codes [in, out], int4 codes [in/2, out] (byte (p, j): input rows 2p in the low
-// nibble, 2p+1 in the high one, each stored as q + 8), fp16 scales [in/group, out]. A null `data`
-// is a parameter the layer does not have.
+// What Python hands over for every parameter (`cpu_kernels.TensorArg`). Dense matrices are [in, out]
+// row-major; int8/int4 codes are tiles (see the quantized products below, and `quant.to_tiles`), fp16
+// scales [in/group, out]. A null `data` is a parameter the layer does not have.
 struct Tensor {
     const void* data;
     const uint16_t* scales;
@@ -74,7 +74,7 @@ const float* as_floats(const Tensor& t, int64_t n, float* scratch) {
 
 constexpr int64_t U = 16;  // input rows per pass over a partial row (see team_matmul)
 
-// acc[j] += sum_u xs[u] block[u * out + j] for j < n, the U input rows of one pass (fp32 or int8 codes).
+// acc[j] += sum_u xs[u] block[u * out + j] for j < n, the U input rows of one pass (fp32 weights).
 template <typename Weight>
 inline void accumulate(float* __restrict acc, const float* xs, const Weight* __restrict block, int64_t out,
                        int64_t n) {
@@ -126,31 +126,14 @@ inline void accumulate(float* __restrict acc, const float* xs, const bf16* __res
 // columns in chunks whose partial rows stay in L2 while the input rows stream past them
 inline int64_t column_chunk(int64_t rows) { return std::max<int64_t>(256, (32768 / rows) & ~int64_t(31)); }
 
-// After every thread has its partial rows: y = their sum, column range by column range.
-void team_sum(const float* partial, int64_t total, float* y) {
-    const int threads = omp_get_num_threads(), t = omp_get_thread_num();
-#pragma omp barrier
-    const int64_t lo = total * t / threads, hi = total * (t + 1) / threads;
-    for (int64_t e = lo; e < hi; ++e) {
-        float s = partial[e];
-        for (int u = 1; u < threads; ++u) s += partial[u * total + e];
-        y[e] = s;
-    }
-#pragma omp barrier
-}
-
-// y[b, :] = sum_i x[b, i] w[i, :], for b < rows, over dense fp32 or bf16 weights; x rows are ldx apart.
-// Called by every thread of a parallel region: thread t reads input rows [in*t/T, in*(t+1)/T) in
-// address order into its own partial rows, then the threads sum the partials column range by column
-// range. `partial` holds T * rows * out floats. Sixteen input rows are read per pass over a partial
-// row: with four, the partial's load and store per step held the stream to ~24 GB/s here (~29 now,
-// within a few percent of a plain read).
+// This thread's partial rows of y = x @ w (mine [rows, out]: the sums over its input rows) over dense
+// fp32 or bf16 weights; x rows are ldx apart. Thread t reads input rows [in*t/T, in*(t+1)/T) in address
+// order. Sixteen input rows are read per pass over a partial row: with four, the partial's load and
+// store per step held the stream to ~24 GB/s here (~29 now, within a few percent of a plain read).
 template <typename Weight>
-void team_matmul_dense(const float* x, int64_t rows, int64_t ldx, const Weight* w, int64_t in, int64_t out, float* y,
-                       float* partial) {
+void partial_dense(const float* x, int64_t rows, int64_t ldx, const Weight* w, int64_t in, int64_t out, float* mine) {
     const int threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t first = in * t / threads, last = in * (t + 1) / threads, chunk = column_chunk(rows);
-    float* mine = partial + t * rows * out;
     for (int64_t c0 = 0; c0 < out; c0 += chunk) {
         const int64_t n = std::min(chunk, out - c0);
         for (int64_t b = 0; b < rows; ++b) std::fill_n(mine + b * out + c0, n, 0.0f);
@@ -173,301 +156,374 @@ void team_matmul_dense(const float* x, int64_t rows, int64_t ldx, const Weight* 
             }
         }
     }
-    team_sum(partial, rows * out, y);
 }
 
 // ---------------------------------------------------------------------------------------------- quantized products
 //
 // A product over int8/int4 codes sums code x activation within a group, then scales the sum once per
-// column. Widening every code to fp32 for that left the one-row products (decoding at batch 1) compute-
-// bound at ~2.5x their bandwidth bound; here the sums are integer pair products (vpdpwssd where the CPU has VNNI, else
-// AVX2's vpmaddwd), on the activations split into integers per block of input rows, exactly enough
-// that the product is still the fp32 one over the dequantized weights up to summation order:
-//   x = peak (hi + lo / 2^15 + fine / 2^30) / 32767,  peak = max|x| over the block,  hi, lo, fine int16:
-// 30 bits against the block's largest value, so every value down to 2^-9 of it within 2^-22 of itself
-// (fp32 rounds to 2^-24); a block holding a smaller nonzero value sums `fine` too (45 bits: within
-// 2^-22 down to 2^-24 of the peak). Every partial sum fits int32: |code| <= 127 (int4: 15, its +8
-// taken off after), |hi| <= 32767, |lo|, |fine| <= 16384, <= 128 rows a block.
+// column. Here the sums are integer: vpdpbusd (AVX512-VNNI or AVX-VNNI; AVX2 emulates it exactly) takes
+// four unsigned code bytes and four signed activation bytes per 32-bit lane, so the codes are stored for
+// it (the tile layout, ops/quant.py) and the activations split into exact signed bytes per block of rows:
+//   x = peak (d3 2^24 + d2 2^16 + d1 2^8 + d0 + (e1 2^8 + e0) / 2^15) / 2^30,  peak = max|x| over the block:
+// the four digits d hold 30 bits against the block's largest value, so every value down to 2^-9 of it is
+// within 2^-22 of itself (fp32 rounds to 2^-24); a block holding a smaller nonzero value sums the two
+// digits e too (45 bits: within 2^-22 down to 2^-24 of the peak). So the product is still the fp32 one
+// over the dequantized weights up to summation order, where llama.cpp rounds the activations to 8 bits.
+// The codes are stored offset (int8 q + 128, int4 q + 8: unsigned, as the instruction takes them); the
+// offset times the digits' sum comes off after. Each digit's sum over a block of <= 128 rows is below
+// 2^24 in magnitude (128 x 255 x 128), so it converts to fp32 exactly.
+//
+// Tile layout (what `quant.to_tiles` writes): per group of G input rows (padded to Gp, a multiple of 8,
+// with zero codes), per block of 64 output columns (the last one narrower: width wb), one contiguous tile;
+// inside it, rows in fours (int8: quad q, bytes q*4*wb + 4c + k = row 4q+k of column c) or, for int4, in
+// eights (byte o*4*wb + 4c + k: row 8o+k in the low nibble, 8o+4+k in the high one). A thread's groups
+// are one contiguous stream; a 64-column pass reads 256 bytes (int8) of every row quad, a whole tile.
 
-constexpr float HI_UNIT = 1.0f / 32767, LO_UNIT = HI_UNIT / 32768, FINE_UNIT = LO_UNIT / 32768;
-constexpr float FINE_BELOW = 1.0f / 512;  // a block with a nonzero |x| < FINE_BELOW peak sums `fine` too
-constexpr int64_t MAX_SPLIT_ROWS = 128;  // rows per activation block: keeps every integer sum in int32
-// Columns per chunk of a quantized product: a group's rows of one chunk (32 x 4096 int8 codes, 128 KiB) stay
-// in L2 while the next group's are prefetched behind them (a 65536-column head at once measured ~30% slower).
+constexpr int64_t TILE_COLUMNS = 64;
+constexpr int64_t MAX_BLOCK_ROWS = 128;  // rows per activation block: keeps each digit's sum exact in fp32
+constexpr float FINE_BELOW = 1.0f / 512;  // a block with a nonzero |x| < FINE_BELOW peak sums the e digits too
+constexpr float DIGIT_UNIT = 1.0f / 1073741824.0f, FINE_UNIT = DIGIT_UNIT / 32768;  // 2^-30, 2^-45
+// Columns per chunk of a quantized product: a group's part of one chunk (32 x 4096 int8 codes, 128 KiB)
+// stays in L2 while the partial rows accumulate (a 65536-column head at once measured ~30% slower).
 constexpr int64_t QUANTIZED_CHUNK = 4096;
-// The software prefetch runs one group ahead (the next group's rows at the same columns), into L2 (T2):
-// into L1 (T0) it took the fill buffers the loads need and read ~12% slower here; without it ~25% slower.
-constexpr int64_t PREFETCH_ROWS = 32;
+// The software prefetch runs this far ahead in a thread's stream of tiles.
+constexpr int64_t PREFETCH_BYTES = 4096;
 
-// The block of input rows the activations are split over: the group, or its largest even divisor <= 128.
-int64_t split_rows_per_block(int64_t group) {
-    if (group <= MAX_SPLIT_ROWS) return group;
-    for (int64_t d = MAX_SPLIT_ROWS; d >= 2; d -= 2)
-        if (group % d == 0) return d;
-    return 2;
-}
+inline int64_t padded_group(int64_t group) { return (group + 7) / 8 * 8; }
 
-// Activations [rows, count] split as above, block by block (`split` rows a block).
-struct SplitRows {
-    std::vector<int16_t> hi, lo, fine;
-    std::vector<float> peak;    // [rows, count / split]; NaN where the block holds a NaN or an infinity
-    std::vector<int32_t> sums;  // [rows, count / split, 3]: the block's sums of hi, lo, fine (int4's offset)
-    std::vector<uint8_t> needs_fine;  // [rows, count / split]
+// Activations [rows, count] (whole groups) as digits, block by block: blocks of <= 128 rows within each
+// group, at their padded positions (the padding rows' digits are 0).
+struct Digits {
+    int64_t G = 0, Gp = 0, per_group = 0, padded = 0;  // padded: the rows' padded count
+    std::vector<int8_t> main, fine;  // [rows, 4, padded], [rows, 2, padded]
+    std::vector<float> peak;         // [rows, blocks]; NaN where the block holds a NaN or an infinity
+    std::vector<int32_t> sums;       // [rows, blocks, 6]: each digit's sum over the block
+    std::vector<uint8_t> needs_fine;  // [rows, blocks]
 };
 
-void split_activations(const float* x, int64_t rows, int64_t ldx, int64_t count, int64_t split, SplitRows& q) {
-    const int64_t blocks = count / split;
-    for (auto* part : {&q.hi, &q.lo, &q.fine}) part->assign(size_t(rows * count), 0);
-    q.peak.resize(size_t(rows * blocks));
-    q.sums.assign(size_t(rows * blocks * 3), 0);
-    q.needs_fine.assign(size_t(rows * blocks), 0);
+inline int64_t block_rows(const Digits& d, int64_t k) { return std::min(MAX_BLOCK_ROWS, d.Gp - k * MAX_BLOCK_ROWS); }
+
+void split_digits(const float* x, int64_t rows, int64_t ldx, int64_t groups, int64_t G, Digits& d) {
+    d.G = G;
+    d.Gp = padded_group(G);
+    d.per_group = (d.Gp + MAX_BLOCK_ROWS - 1) / MAX_BLOCK_ROWS;
+    d.padded = groups * d.Gp;
+    const int64_t blocks = groups * d.per_group;
+    d.main.assign(size_t(rows * 4 * d.padded), 0);
+    d.fine.assign(size_t(rows * 2 * d.padded), 0);
+    d.peak.assign(size_t(rows * blocks), 0.0f);
+    d.sums.assign(size_t(rows * blocks * 6), 0);
+    d.needs_fine.assign(size_t(rows * blocks), 0);
     for (int64_t b = 0; b < rows; ++b)
-        for (int64_t k = 0; k < blocks; ++k) {
-            const float* v = x + b * ldx + k * split;
-            const int64_t at = b * count + k * split, block = b * blocks + k;
-            float peak = 0, probe = 0;  // probe: NaN if any value is NaN or infinite
-            for (int64_t i = 0; i < split; ++i) {
-                peak = std::max(peak, std::fabs(v[i]));
-                probe += v[i] * 0.0f;
+        for (int64_t g = 0; g < groups; ++g)
+            for (int64_t k = 0; k < d.per_group; ++k) {
+                const int64_t first = k * MAX_BLOCK_ROWS, n = std::min(block_rows(d, k), G - first);
+                const int64_t block = b * blocks + g * d.per_group + k, at = g * d.Gp + first;
+                const float* v = x + b * ldx + g * G + first;
+                float peak = 0, probe = 0;  // probe: NaN if any value is NaN or infinite
+                for (int64_t i = 0; i < n; ++i) {
+                    peak = std::max(peak, std::fabs(v[i]));
+                    probe += v[i] * 0.0f;
+                }
+                d.peak[block] = probe == 0 ? peak : NAN;  // (NaN != 0): all digits stay 0, the products NaN
+                if (peak == 0 || probe != 0) continue;
+                const double inverse = 1073741824.0 / peak;  // double: exact enough for 45 bits, a subnormal peak too
+                int8_t* main = d.main.data() + b * 4 * d.padded + at;
+                int8_t* fine = d.fine.data() + b * 2 * d.padded + at;
+                int32_t* sums = d.sums.data() + block * 6;
+                for (int64_t i = 0; i < n; ++i) {
+                    const double t = v[i] * inverse, whole = std::nearbyint(t);
+                    int32_t rest = int32_t(whole);  // |rest| <= 2^30: four balanced digits, the top one in [-65, 65]
+                    for (int j = 0; j < 4; ++j) {
+                        const int8_t digit = int8_t(uint8_t(rest & 255));
+                        main[j * d.padded + i] = digit;
+                        sums[j] += digit;
+                        rest = (rest - digit) / 256;
+                    }
+                    rest = int32_t(std::nearbyint((t - whole) * 32768));  // |rest| <= 2^14
+                    for (int j = 0; j < 2; ++j) {
+                        const int8_t digit = int8_t(uint8_t(rest & 255));
+                        fine[j * d.padded + i] = digit;
+                        sums[4 + j] += digit;
+                        rest = (rest - digit) / 256;
+                    }
+                    if (v[i] != 0 && std::fabs(v[i]) < FINE_BELOW * peak) d.needs_fine[block] = 1;
+                }
             }
-            q.peak[block] = probe == 0 ? peak : NAN;  // (NaN != 0): all codes stay 0, the products NaN
-            if (peak == 0 || probe != 0) continue;
-            const double inverse = 32767.0 / peak;  // double: exact enough for 45 bits, a subnormal peak too
-            int32_t* sums = q.sums.data() + block * 3;
-            for (int64_t i = 0; i < split; ++i) {
-                const double t = v[i] * inverse, h = std::nearbyint(t), r = (t - h) * 32768, l = std::nearbyint(r);
-                q.hi[at + i] = int16_t(h);
-                q.lo[at + i] = int16_t(l);
-                q.fine[at + i] = int16_t(std::nearbyint((r - l) * 32768));
-                sums[0] += q.hi[at + i];
-                sums[1] += q.lo[at + i];
-                sums[2] += q.fine[at + i];
-                if (v[i] != 0 && std::fabs(v[i]) < FINE_BELOW * peak) q.needs_fine[block] = 1;
-            }
-        }
 }
 
-// The code of input row i, column j, of a block of int8 codes [R, out] or int4 nibble pairs [R/2, out]
-// (int4 as stored: q + 8).
+// The offset code of input row i (of the group), column c, of a tile `width` wide.
 template <int Bits>
-inline int32_t code_at(const void* codes, int64_t out, int64_t i, int64_t j) {
-    if (Bits == 8) return static_cast<const int8_t*>(codes)[i * out + j];
-    const uint8_t byte = static_cast<const uint8_t*>(codes)[(i / 2) * out + j];
-    return i % 2 ? byte >> 4 : byte & 15;
+inline int32_t tile_code(const uint8_t* tile, int64_t width, int64_t i, int64_t c) {
+    if (Bits == 8) return tile[(i / 4) * 4 * width + 4 * c + i % 4];
+    const uint8_t byte = tile[(i / 8) * 4 * width + 4 * c + i % 4];
+    return i % 8 < 4 ? byte & 15 : byte >> 4;
 }
 
-#ifdef VISUALRWKV_SIMD
-// int16 values 2p and 2p+1 as one int32 (the pair a broadcast hands every lane)
-inline int32_t pair_at(const int16_t* v, int64_t p) {
-    int32_t pair;
-    std::memcpy(&pair, v + 2 * p, sizeof pair);
-    return pair;
-}
-
-// acc + the pair products of a and b (int16 pairs summed into int32 lanes)
-inline __m256i dot_pairs(__m256i acc, __m256i a, __m256i b) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpwssd_epi32(acc, a, b);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpwssd_avx_epi32(acc, a, b);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+struct Lanes {  // 16 lanes of 32 bits
+    using I = __m512i;
+    using F = __m512;
+    static constexpr int64_t N = 16, V = 4;  // a pass: 4 vectors, a whole 64-column tile
+    static I zero() { return _mm512_setzero_si512(); }
+    static I load(const uint8_t* p) { return _mm512_loadu_si512(p); }
+    static I broadcast(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return _mm512_set1_epi32(v); }
+    static I low_nibbles(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(15)); }
+    static I high_nibbles(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(15)); }
+    static I dot4(I acc, I codes, I digits) { return _mm512_dpbusd_epi32(acc, codes, digits); }
+    static F real(I v, int32_t offset) { return _mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(offset))); }
+    static F set(float v) { return _mm512_set1_ps(v); }
+    static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+    static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+    static F halves(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+    static F loadf(const float* p) { return _mm512_loadu_ps(p); }
+    static void storef(float* p, F v) { _mm512_storeu_ps(p, v); }
+};
+#define VISUALRWKV_LANES 1
+#elif defined(VISUALRWKV_SIMD)
+struct Lanes {  // 8 lanes of 32 bits
+    using I = __m256i;
+    using F = __m256;
+    static constexpr int64_t N = 8, V = 2;  // a pass: 2 vectors (16 registers hold 8 digit sums)
+    static I zero() { return _mm256_setzero_si256(); }
+    static I load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+    static I broadcast(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
+    static I low_nibbles(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(15)); }
+    static I high_nibbles(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(15)); }
+    static I dot4(I acc, I codes, I digits) {
+#if defined(__AVXVNNI__)
+        return _mm256_dpbusd_avx_epi32(acc, codes, digits);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+        return _mm256_dpbusd_epi32(acc, codes, digits);
+#else  // bytes 0 and 2, then 1 and 3, as 16-bit pairs: vpmaddwd sums them exactly (no vpmaddubsw saturation)
+        const __m256i even = _mm256_and_si256(codes, _mm256_set1_epi32(0x00FF00FF)), odd = _mm256_srli_epi16(codes, 8);
+        const __m256i d_even = _mm256_srai_epi16(_mm256_slli_epi16(digits, 8), 8), d_odd = _mm256_srai_epi16(digits, 8);
+        return _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_madd_epi16(even, d_even), _mm256_madd_epi16(odd, d_odd)));
 #endif
-}
+    }
+    static F real(I v, int32_t offset) { return _mm256_cvtepi32_ps(_mm256_sub_epi32(v, _mm256_set1_epi32(offset))); }
+    static F set(float v) { return _mm256_set1_ps(v); }
+    static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+    static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+    static F halves(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+    static F loadf(const float* p) { return _mm256_loadu_ps(p); }
+    static void storef(float* p, F v) { _mm256_storeu_ps(p, v); }
+};
+#define VISUALRWKV_LANES 1
+#endif
 
-// The codes of input rows 2p and 2p+1, columns j..j+31, as four vectors of int16 pairs (8 columns each).
-template <int Bits>
-inline void code_pairs(const void* codes, int64_t out, int64_t p, int64_t j, __m256i& w0, __m256i& w1, __m256i& w2,
-                       __m256i& w3) {
+// One activation block against one tile's columns [c, c + V N) (V vectors of N lanes a pass: a 64-column
+// tile in one pass with 16 lanes, in four with 8): the ND digits' integer sums over the block's
+// R rows (from padded row r0), then dst[j] += scale[j] peak sum_d unit_d (sum_d - offset digit_sum_d).
+#ifdef VISUALRWKV_LANES
+template <int Bits, int ND>
+inline void tile_pass(const uint8_t* tile, int64_t c, int64_t r0, int64_t R, const int8_t* digits, int64_t stride,
+                      const int32_t* sums, float unit, float peak, const uint16_t* scale, float* __restrict dst) {
+    using L = Lanes;
+    constexpr int64_t V = L::V, N = L::N, row_bytes = 4 * TILE_COLUMNS;
+    typename L::I acc[ND][V];
+    for (int d = 0; d < ND; ++d)
+        for (int v = 0; v < V; ++v) acc[d][v] = L::zero();
     if (Bits == 8) {
-        const int8_t* r0 = static_cast<const int8_t*>(codes) + 2 * p * out + j;
-        const int8_t* r1 = r0 + out;
-        const __m128i a0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r0));
-        const __m128i b0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1));
-        const __m128i a1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r0 + 16));
-        const __m128i b1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1 + 16));
-        w0 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a0, b0));
-        w1 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a0, b0));
-        w2 = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a1, b1));
-        w3 = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a1, b1));
-    } else {  // byte (p, j) -> the pair (low nibble, high nibble): bits 0-3 and 16-19 of its lane
-        const uint8_t* row = static_cast<const uint8_t*>(codes) + p * out + j;
-        const __m256i mask = _mm256_set1_epi32(0x000F000F);
-        auto pairs = [&](int k) {
-            const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + 8 * k)));
-            return _mm256_and_si256(_mm256_or_si256(d, _mm256_slli_epi32(d, 12)), mask);
-        };
-        w0 = pairs(0);
-        w1 = pairs(1);
-        w2 = pairs(2);
-        w3 = pairs(3);
-    }
-}
-#endif
-
-// dst[j] += wscale[j] peak sum_i code[i, j] (a[i] ua + b[i] ub) for j < n: R input rows of codes (`out`
-// apart) against one block of split activations, two of its parts (a, b; b null: a alone) with their
-// sums (int4's offset); wscale the fp16 scales of the rows' group.
-template <int Bits, bool Two>
-void block_product(const void* codes, int64_t out, int64_t n, int64_t R, const int16_t* a, const int16_t* b, float ua,
-                   float ub, const int32_t* sums, float peak, const uint16_t* wscale, float* __restrict dst) {
-    const int32_t off_a = Bits == 4 ? 8 * sums[0] : 0, off_b = Bits == 4 && Two ? 8 * sums[1] : 0;
-    int64_t j = 0;
-#ifdef VISUALRWKV_SIMD
-    const __m256 pv = _mm256_set1_ps(peak), ua_v = _mm256_set1_ps(ua), ub_v = _mm256_set1_ps(ub);
-    const __m256i oa = _mm256_set1_epi32(off_a), ob = _mm256_set1_epi32(off_b);
-    // 32 columns, their eight accumulators (the codes' pairs times the a and b parts)
-    auto columns32 = [&](int64_t jj, int64_t p, __m256i xa, __m256i xb, __m256i& h0, __m256i& h1, __m256i& h2,
-                         __m256i& h3, __m256i& l0, __m256i& l1, __m256i& l2, __m256i& l3) {
-        __m256i w0, w1, w2, w3;
-        code_pairs<Bits>(codes, out, p, jj, w0, w1, w2, w3);
-        h0 = dot_pairs(h0, w0, xa);
-        h1 = dot_pairs(h1, w1, xa);
-        h2 = dot_pairs(h2, w2, xa);
-        h3 = dot_pairs(h3, w3, xa);
-        if (Two) {
-            l0 = dot_pairs(l0, w0, xb);
-            l1 = dot_pairs(l1, w1, xb);
-            l2 = dot_pairs(l2, w2, xb);
-            l3 = dot_pairs(l3, w3, xb);
+        for (int64_t q = r0 / 4; q < (r0 + R) / 4; ++q) {
+            const uint8_t* row = tile + q * row_bytes + 4 * c;
+            for (int64_t line = 0; line < 4 * V * N; line += 64) _mm_prefetch(reinterpret_cast<const char*>(row + PREFETCH_BYTES + line), _MM_HINT_T0);
+            typename L::I w[V];
+            for (int v = 0; v < V; ++v) w[v] = L::load(row + 4 * N * v);
+            for (int d = 0; d < ND; ++d) {
+                const typename L::I x = L::broadcast(digits + d * stride + 4 * q);
+                for (int v = 0; v < V; ++v) acc[d][v] = L::dot4(acc[d][v], w[v], x);
+            }
         }
-    };
-    auto prefetch_next_group = [&](int64_t jj, int64_t p) {  // a cache line of each of its rows, same columns
-        const char* row = static_cast<const char*>(codes) + ((Bits == 8 ? 2 * p : p) + PREFETCH_ROWS) * out + jj;
-        _mm_prefetch(row, _MM_HINT_T2);
-        if (Bits == 8) _mm_prefetch(row + out, _MM_HINT_T2);
-    };
-    auto flush32 = [&](int64_t jj, const __m256i h[4], const __m256i l[4]) {
-        for (int k = 0; k < 4; ++k) {
-            const __m256 sum = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(l[k], ob)), ub_v,
-                                               _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(h[k], oa)), ua_v));
-            const __m256 ws = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wscale + jj + 8 * k)));
-            float* d = dst + jj + 8 * k;
-            _mm256_storeu_ps(d, _mm256_fmadd_ps(_mm256_mul_ps(ws, pv), sum, _mm256_loadu_ps(d)));
-        }
-    };
-    // int8: 64 columns a pass, a whole cache line of each row (10-15% faster here than 32; int4 measured
-    // slower so)
-    for (; Bits == 8 && j + 64 <= n; j += 64) {
-        __m256i h0 = _mm256_setzero_si256(), h1 = h0, h2 = h0, h3 = h0, l0 = h0, l1 = h0, l2 = h0, l3 = h0;
-        __m256i g0 = h0, g1 = h0, g2 = h0, g3 = h0, m0 = h0, m1 = h0, m2 = h0, m3 = h0;
-        for (int64_t p = 0; p < R / 2; ++p) {
-            prefetch_next_group(j, p);
-            const __m256i xa = _mm256_set1_epi32(pair_at(a, p)), xb = Two ? _mm256_set1_epi32(pair_at(b, p)) : xa;
-            columns32(j, p, xa, xb, h0, h1, h2, h3, l0, l1, l2, l3);
-            columns32(j + 32, p, xa, xb, g0, g1, g2, g3, m0, m1, m2, m3);
-        }
-        const __m256i h[4] = {h0, h1, h2, h3}, l[4] = {l0, l1, l2, l3};
-        const __m256i g[4] = {g0, g1, g2, g3}, m[4] = {m0, m1, m2, m3};
-        flush32(j, h, l);
-        flush32(j + 32, g, m);
-    }
-    for (; j + 32 <= n; j += 32) {
-        __m256i h0 = _mm256_setzero_si256(), h1 = h0, h2 = h0, h3 = h0, l0 = h0, l1 = h0, l2 = h0, l3 = h0;
-        for (int64_t p = 0; p < R / 2; ++p) {
-            if ((j & 63) == 0) prefetch_next_group(j, p);
-            const __m256i xa = _mm256_set1_epi32(pair_at(a, p)), xb = Two ? _mm256_set1_epi32(pair_at(b, p)) : xa;
-            columns32(j, p, xa, xb, h0, h1, h2, h3, l0, l1, l2, l3);
-        }
-        const __m256i h[4] = {h0, h1, h2, h3}, l[4] = {l0, l1, l2, l3};
-        flush32(j, h, l);
-    }
-#endif
-    for (; j < n; ++j) {
-        int32_t sa = 0, sb = 0;
-        for (int64_t i = 0; i < R; ++i) {
-            const int32_t c = code_at<Bits>(codes, out, i, j);
-            sa += c * a[i];
-            if (Two) sb += c * b[i];
-        }
-        dst[j] += half_to_float(wscale[j]) * peak * (float(sb - off_b) * ub + float(sa - off_a) * ua);
-    }
-}
-
-// int8 codes against several rows (batched decoding), this thread's groups into its partial rows: each
-// code widened to fp32 and summed in fp32, a group's sum scaled once per column. Where several rows share
-// the codes the product is bound by arithmetic, not by reading them, and there this measured faster than
-// the integer sums, which re-pair the codes for every row (C768/L12 decode at batch 4 / 8: 240 / 287 against
-// 214 / 261 tok/s, alternated in one process); int4's widening measured no faster: it keeps the integer sums.
-void widened_int8_rows(const float* x, int64_t rows, int64_t ldx, const Tensor& w, int64_t out, int64_t g_first,
-                       int64_t g_last, float* mine) {
-    const int64_t G = w.group, chunk = column_chunk(rows);
-    static thread_local std::vector<float> sums, scale;
-    sums.resize(size_t(rows * chunk));
-    scale.resize(size_t(chunk));
-    for (int64_t c0 = 0; c0 < out; c0 += chunk) {
-        const int64_t n = std::min(chunk, out - c0);
-        for (int64_t b = 0; b < rows; ++b) std::fill_n(mine + b * out + c0, n, 0.0f);
-        for (int64_t g = g_first; g < g_last; ++g) {
-            for (int64_t j = 0; j < n; ++j) scale[j] = half_to_float(w.scales[g * out + c0 + j]);
-            const int8_t* codes = static_cast<const int8_t*>(w.data) + g * G * out + c0;
-            for (int64_t b = 0; b < rows; ++b) {
-                float* __restrict acc = sums.data() + b * chunk;
-                std::fill_n(acc, n, 0.0f);
-                const float* xg = x + b * ldx + g * G;
-                int64_t i = 0;
-                for (; i + U <= G; i += U) accumulate(acc, xg + i, codes + i * out, out, n);
-                for (; i < G; ++i)
-                    for (int64_t j = 0; j < n; ++j) acc[j] += xg[i] * float(codes[i * out + j]);
-                float* __restrict dst = mine + b * out + c0;
-#pragma omp simd
-                for (int64_t j = 0; j < n; ++j) dst[j] += scale[j] * acc[j];
+    } else {
+        for (int64_t o = r0 / 8; o < (r0 + R) / 8; ++o) {
+            const uint8_t* row = tile + o * row_bytes + 4 * c;
+            for (int64_t line = 0; line < 4 * V * N; line += 64) _mm_prefetch(reinterpret_cast<const char*>(row + PREFETCH_BYTES + line), _MM_HINT_T0);
+            typename L::I low[V], high[V];
+            for (int v = 0; v < V; ++v) {
+                const typename L::I w = L::load(row + 4 * N * v);
+                low[v] = L::low_nibbles(w);
+                high[v] = L::high_nibbles(w);
+            }
+            for (int d = 0; d < ND; ++d) {
+                const typename L::I x0 = L::broadcast(digits + d * stride + 8 * o), x1 = L::broadcast(digits + d * stride + 8 * o + 4);
+                for (int v = 0; v < V; ++v) acc[d][v] = L::dot4(L::dot4(acc[d][v], low[v], x0), high[v], x1);
             }
         }
     }
+    const int32_t offset = Bits == 8 ? 128 : 8;
+    const typename L::F pv = L::set(peak);
+    for (int v = 0; v < V; ++v) {
+        typename L::F sum = L::mul(L::real(acc[0][v], offset * sums[0]), L::set(unit));
+        for (int d = 1; d < ND; ++d) sum = L::fmadd(L::real(acc[d][v], offset * sums[d]), L::set(unit * float(1 << (8 * d))), sum);
+        float* out = dst + c + N * v;
+        L::storef(out, L::fmadd(L::mul(L::halves(scale + c + N * v), pv), sum, L::loadf(out)));
+    }
+}
+#endif
+
+// One activation block (R rows from padded row r0, ND digits `stride` apart) against the columns [0, n)
+// of one group's tiles (`tiles`: the group's first tile of the chunk; n a multiple of 64 but at the end).
+template <int Bits, int ND>
+void block_product(const uint8_t* tiles, int64_t Gp, int64_t n, int64_t r0, int64_t R, const int8_t* digits,
+                   int64_t stride, const int32_t* sums, float unit, float peak, const uint16_t* scale,
+                   float* __restrict dst) {
+    const int32_t offset = Bits == 8 ? 128 : 8;
+    for (int64_t c0 = 0; c0 < n; c0 += TILE_COLUMNS) {
+        const int64_t width = std::min(TILE_COLUMNS, n - c0);
+        const uint8_t* tile = tiles + c0 * Gp / (Bits == 8 ? 1 : 2);
+        int64_t c = 0;
+#ifdef VISUALRWKV_LANES
+        if (width == TILE_COLUMNS)
+            for (; c < width; c += Lanes::V * Lanes::N)
+                tile_pass<Bits, ND>(tile, c, r0, R, digits, stride, sums, unit, peak, scale + c0, dst + c0);
+#endif
+        for (; c < width; ++c) {
+            float sum = 0;
+            for (int d = 0; d < ND; ++d) {
+                int32_t s = 0;
+                for (int64_t i = r0; i < r0 + R; ++i) s += tile_code<Bits>(tile, width, i, c) * digits[d * stride + i];
+                sum += float(s - offset * sums[d]) * (unit * float(1 << (8 * d)));
+            }
+            dst[c0 + c] += half_to_float(scale[c0 + c]) * peak * sum;
+        }
+    }
 }
 
-// y = x @ w over int8 or int4 codes, by every thread of the region: each thread takes whole groups of
-// input rows, splits its part of the activations once, and streams its codes block by block (each
-// group's scale row read once per column chunk) into its partial rows; then the partials are summed.
+// This thread's partial rows of y = x @ w over int8 or int4 tiles: each thread takes whole groups of
+// input rows (one contiguous stream of tiles), splits its part of the activations once, and streams its
+// tiles chunk by chunk of columns into its partial rows (each group's scale row read once per chunk).
+// Several rows (batched decoding) re-read each tile from L1/L2.
 template <int Bits>
-void team_matmul_quantized(const float* x, int64_t rows, int64_t ldx, const Tensor& w, int64_t in, int64_t out,
-                           float* y, float* partial) {
+void partial_quantized(const float* x, int64_t rows, int64_t ldx, const Tensor& w, int64_t in, int64_t out,
+                       float* mine) {
     const int threads = omp_get_num_threads(), t = omp_get_thread_num();
-    const int64_t G = w.group, groups = in / G, split = split_rows_per_block(G);
-    const int64_t chunk = std::min(column_chunk(rows), QUANTIZED_CHUNK);
+    const int64_t G = w.group, Gp = padded_group(G), groups = in / G;
+    const int64_t chunk = std::min(column_chunk(rows), QUANTIZED_CHUNK) / TILE_COLUMNS * TILE_COLUMNS;
     const int64_t g_first = groups * t / threads, g_last = groups * (t + 1) / threads;
-    const int64_t count = (g_last - g_first) * G, blocks = count / split, per_group = G / split;
-    float* mine = partial + t * rows * out;
-    if (Bits == 8 && rows > 1) {
-        widened_int8_rows(x, rows, ldx, w, out, g_first, g_last, mine);
-        return team_sum(partial, rows * out, y);
-    }
-    static thread_local SplitRows q;
-    split_activations(x + g_first * G, rows, ldx, count, split, q);
+    static thread_local Digits d;
+    split_digits(x + g_first * G, rows, ldx, g_last - g_first, G, d);
+    const int64_t blocks = (g_last - g_first) * d.per_group, group_bytes = Gp * out / (Bits == 8 ? 1 : 2);
+    const uint8_t* base = static_cast<const uint8_t*>(w.data);
     for (int64_t c0 = 0; c0 < out; c0 += chunk) {
         const int64_t n = std::min(chunk, out - c0);
         for (int64_t b = 0; b < rows; ++b) std::fill_n(mine + b * out + c0, n, 0.0f);
         for (int64_t g = g_first; g < g_last; ++g) {
-            const uint16_t* wscale = w.scales + g * out + c0;
-            for (int64_t k = 0; k < per_group; ++k) {
-                const int64_t first_row = g * G + k * split, block = (g - g_first) * per_group + k;
-                const void* codes = static_cast<const char*>(w.data) + first_row / (Bits == 8 ? 1 : 2) * out + c0;
+            const uint8_t* tiles = base + g * group_bytes + c0 * Gp / (Bits == 8 ? 1 : 2);
+            const uint16_t* scale = w.scales + g * out + c0;
+            for (int64_t k = 0; k < d.per_group; ++k) {
+                const int64_t r0 = k * MAX_BLOCK_ROWS, R = block_rows(d, k), at = (g - g_first) * Gp;
                 for (int64_t b = 0; b < rows; ++b) {
-                    const int64_t at = b * count + block * split, index = b * blocks + block;
-                    const int32_t* sums = q.sums.data() + index * 3;
+                    const int64_t index = b * blocks + (g - g_first) * d.per_group + k;
+                    const int32_t* sums = d.sums.data() + index * 6;
                     float* dst = mine + b * out + c0;
-                    block_product<Bits, true>(codes, out, n, split, q.hi.data() + at, q.lo.data() + at, HI_UNIT,
-                                              LO_UNIT, sums, q.peak[index], wscale, dst);
-                    if (q.needs_fine[index])
-                        block_product<Bits, false>(codes, out, n, split, q.fine.data() + at, nullptr, FINE_UNIT, 0,
-                                                   sums + 2, q.peak[index], wscale, dst);
+                    block_product<Bits, 4>(tiles, Gp, n, r0, R, d.main.data() + b * 4 * d.padded + at, d.padded,
+                                           sums, DIGIT_UNIT, d.peak[index], scale, dst);
+                    if (d.needs_fine[index])
+                        block_product<Bits, 2>(tiles, Gp, n, r0, R, d.fine.data() + b * 2 * d.padded + at, d.padded,
+                                               sums + 4, FINE_UNIT, d.peak[index], scale, dst);
                 }
             }
         }
     }
-    team_sum(partial, rows * out, y);
+}
+
+// The weights of output columns [a, b) of an int8/int4 tile matrix, dequantized (code x scale in fp32, then
+// rounded to bf16 if asked) into y [in, b - a] row-major: the [b - a, in] weight in input-major memory, as a
+// prompt's GEMM takes it. By every thread of the region, a share of the (group, tile) pairs each.
+template <int Bits, typename Out>
+void team_dequantize(const Tensor& w, int64_t in, int64_t out, int64_t a, int64_t b, Out* y) {
+    const int threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t G = w.group, Gp = padded_group(G), groups = in / G, width = b - a;
+    const int64_t first_tile = a / TILE_COLUMNS, tiles = (b + TILE_COLUMNS - 1) / TILE_COLUMNS - first_tile;
+    const int32_t offset = Bits == 8 ? 128 : 8;
+    const uint8_t* base = static_cast<const uint8_t*>(w.data);
+    const int64_t work = groups * tiles;
+    for (int64_t item = work * t / threads; item < work * (t + 1) / threads; ++item) {
+        const int64_t g = item / tiles, c0 = (first_tile + item % tiles) * TILE_COLUMNS;
+        const int64_t tile_width = std::min(TILE_COLUMNS, out - c0), lo = std::max(a, c0), hi = std::min(b, c0 + tile_width);
+        const uint8_t* tile = base + (g * Gp * out + c0 * Gp) / (Bits == 8 ? 1 : 2);
+        float scale[TILE_COLUMNS];
+        for (int64_t c = lo; c < hi; ++c) scale[c - c0] = half_to_float(w.scales[g * out + c]);
+        for (int64_t i = 0; i < G; ++i) {
+            Out* row = y + (g * G + i) * width - a;
+            for (int64_t c = lo; c < hi; ++c) {
+                const float v = float(tile_code<Bits>(tile, tile_width, i, c - c0) - offset) * scale[c - c0];
+                if constexpr (sizeof(Out) == 2) {  // bf16, rounded to nearest even (v is finite)
+                    uint32_t bits;
+                    std::memcpy(&bits, &v, sizeof bits);
+                    row[c] = Out{uint16_t((bits + 0x7fffu + ((bits >> 16) & 1)) >> 16)};
+                } else {
+                    row[c] = v;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------- team products
+
+// One product of a set: y [rows, out] = x [rows, in] (rows ldx apart) @ w.
+struct Product {
+    const float* x;
+    int64_t ldx;
+    const Tensor* w;
+    int64_t in, out;
+    float* y;
+};
+
+// This thread's partial rows of one product, for any kind of matrix.
+void partial_product(const Product& p, int64_t rows, float* mine) {
+    switch (p.w->kind) {
+        case BF16: return partial_dense(p.x, rows, p.ldx, static_cast<const bf16*>(p.w->data), p.in, p.out, mine);
+        case INT8: return partial_quantized<8>(p.x, rows, p.ldx, *p.w, p.in, p.out, mine);
+        case INT4: return partial_quantized<4>(p.x, rows, p.ldx, *p.w, p.in, p.out, mine);
+        default: return partial_dense(p.x, rows, p.ldx, static_cast<const float*>(p.w->data), p.in, p.out, mine);
+    }
+}
+
+// Stores each sum as it is (see team_products).
+struct Store {
+    float operator()(int, int64_t, float sum) const { return sum; }
+};
+
+// Products whose inputs are all ready, by every thread of the parallel region: each thread computes its
+// partial rows of every one (`partial` holds T * rows * the products' total columns), then, after one
+// barrier, sums one range of all their columns: y_p[e] = finish(p, e, sum). `finish` is where a
+// nonlinearity or a residual add happens, on the thread that sums that column, so neither costs a
+// serial section and its barrier; one barrier closes the set. Products with a shared input (RWKV-6's
+// r, k, v, g and the decay LoRA's first half) so pay two barriers instead of ten.
+template <typename Finish = Store>
+void team_products(std::initializer_list<Product> products, int64_t rows, float* partial, Finish finish = {}) {
+    const int threads = omp_get_num_threads(), t = omp_get_thread_num();
+    int64_t total = 0;
+    for (const Product& p : products) total += rows * p.out;
+    float* mine = partial + t * total;
+    for (const Product& p : products) {
+        partial_product(p, rows, mine);
+        mine += rows * p.out;
+    }
+#pragma omp barrier
+    const int64_t lo = total * t / threads, hi = total * (t + 1) / threads;
+    int64_t start = 0, index = 0;
+    for (const Product& p : products) {
+        const int64_t size = rows * p.out, a = std::max(lo, start), b = std::min(hi, start + size);
+        for (int64_t e = a; e < b; ++e) {
+            float sum = partial[e];
+            for (int u = 1; u < threads; ++u) sum += partial[u * total + e];
+            p.y[e - start] = finish(int(index), e - start, sum);
+        }
+        start += size;
+        ++index;
+    }
+#pragma omp barrier
 }
 
 // y [rows, out] = x [rows, in] (ldx apart) @ w [in, out], by every thread of the parallel region.
+template <typename Finish = Store>
 void team_matmul(const float* x, int64_t rows, int64_t ldx, const Tensor& w, int64_t in, int64_t out, float* y,
-                 float* partial) {
-    switch (w.kind) {
-        case BF16: return team_matmul_dense(x, rows, ldx, static_cast<const bf16*>(w.data), in, out, y, partial);
-        case INT8: return team_matmul_quantized<8>(x, rows, ldx, w, in, out, y, partial);
-        case INT4: return team_matmul_quantized<4>(x, rows, ldx, w, in, out, y, partial);
-        default: return team_matmul_dense(x, rows, ldx, static_cast<const float*>(w.data), in, out, y, partial);
-    }
+                 float* partial, Finish finish = {}) {
+    team_products({Product{x, ldx, &w, in, out, y}}, rows, partial, finish);
 }
 
 // y [rows, out] = x [rows, in] @ w [in, out] on `threads` threads.

@@ -10,23 +10,26 @@ the embedding: along a row). Each group has one float16 scale s, and W ≈ s·q:
   group the least squared error: a tenth to a fifth less than the plain absmax/-8 rule.
 The bytes per weight are those of llama.cpp's Q8_0 and Q4_0 (also 32 per fp16 scale), so speed
 comparisons read the same bytes. Activations are never rounded: where llama.cpp quantizes them to 8 bits,
-the compiled product splits each block of them into integer parts that hold 30 to 45 bits of it (see
-cpu_products.h), so that it sums in integers and still equals the fp32 product up to summation order (int4
-always, int8 for one row; int8 against several rows widens the codes to fp32, which is faster there).
+the compiled product splits each block of them into signed bytes that hold 30 to 45 bits of it (see
+cpu_products.h), so that it sums in integers and still equals the fp32 product up to summation order.
 
-**Memory layout** (what a compiled decode product reads directly, see ops/linear.py): a linear
-layer keeps the shapes of `nn.Linear` ([out, in] codes, [out, in/32] scales; int4 codes [out, in/2])
-with input-major memory, the "GEMV layout": codes are [in, out] row-major (int4: [in/2, out], byte
-(p, j) holds input rows 2p and 2p+1 of column j), scales are [in/32, out] row-major. A thread that
-streams a contiguous block of input rows (whole groups: 32 rows, 16 bytes of int4 per column) reads
-its codes and their scales in address order: each scale row is read once per 32 code rows, and the
-group's sum over its rows is scaled once per column. The embedding is read by rows, so its codes
-are [vocab, C] (int4 [vocab, C/2]) and its scales [vocab, C/32] in row-major memory.
+**Memory layout.** A linear layer's codes live in the *tile layout* the compiled product reads
+(`to_tiles`; cpu_products.h has the why): per group of input rows (padded to a multiple of 8 rows with
+zero codes), per block of 64 output columns, one contiguous tile, in which the codes of four consecutive
+input rows of a column sit side by side (int8 as q + 128; int4 as q + 8, rows 8o..8o+3 in the low
+nibbles and 8o+4..8o+7 in the high ones), so that vpdpbusd reads four input rows of 16 columns per
+64-byte load and a thread streams its block of groups front to back. `weight` is that flat uint8
+buffer; `state_dict()` gives (and `load_state_dict` takes) the codes of `quantize` instead ([out, in]
+int8, or packed int4 [out, in/2]), so files keep that format. Scales are [in/group, out] row-major
+(an [out, in/group] tensor in input-major memory): each group's scale row is read once per chunk of
+columns. The embedding is read by rows, so its codes are [vocab, C] (int4 [vocab, C/2]) and its scales
+[vocab, C/32] in row-major memory.
 
 Products: a few fp32 rows on CPU (decoding) go to the compiled product (`cpu_kernels.quantized_matmul`,
-also inside the compiled decode step), which reads the codes and scales in place: the
+also inside the compiled decode step), which reads the tiles and scales in place: the
 dequantize-then-fp32 product up to summation order. Otherwise the weight is widened (dequantized)
-tile by tile into fp32 (a few rows) or into the GEMM dtype of `ops.linear.gemm_dtype` (prompts).
+block of output rows by block into fp32 (a few rows) or into the GEMM dtype of `ops.linear.gemm_dtype`
+(prompts).
 """
 
 from __future__ import annotations
@@ -117,6 +120,71 @@ def unpack_int4(packed: Tensor) -> Tensor:
     return torch.stack([low, high], dim=-1).flatten(-2)
 
 
+TILE_COLUMNS = 64  # output columns per tile (cpu_products.h: one 64-byte load holds 16 of them, 4 rows each)
+
+
+def padded_group(group_size: int) -> int:
+    """Rows a group takes in the tile layout: a multiple of 8 (int4 packs eight rows per 32-bit lane)."""
+    return -(-group_size // 8) * 8
+
+
+def tile_bytes(in_features: int, out_features: int, bits: int, group_size: int) -> int:
+    return in_features // group_size * padded_group(group_size) * out_features * bits // 8
+
+
+def _offset_codes(codes: Tensor, bits: int) -> Tensor:
+    """quantize()'s codes [out, k] → unsigned codes [out, k] (int8 q + 128, int4 q + 8) as int16."""
+    return codes.to(torch.int16) + 128 if bits == 8 else (unpack_int4(codes).to(torch.int16) + 8)
+
+
+def to_tiles(codes: Tensor, bits: int, group_size: int) -> Tensor:
+    """quantize()'s codes of an [out, in] matrix → the flat uint8 tile layout (see the module doc)."""
+    out, k = codes.shape[0], codes.shape[1] * (2 if bits == 4 else 1)
+    groups, padded, lane_rows = k // group_size, padded_group(group_size), 4 if bits == 8 else 8
+    q = _offset_codes(codes, bits).t().reshape(groups, group_size, out)
+    if padded != group_size:  # padding rows hold the code of 0
+        q = torch.cat([q, q.new_full((groups, padded - group_size, out), 128 if bits == 8 else 8)], 1)
+    if bits == 4:  # rows 8o..8o+3 in the low nibbles, 8o+4..8o+7 in the high ones
+        q = q.reshape(groups, padded // 8, 2, 4, out)
+        q = q[:, :, 0] | (q[:, :, 1] << 4)
+    q = q.to(torch.uint8).reshape(groups, padded // lane_rows, 4, out)  # [group, row quad, row in quad, column]
+    whole, tail = divmod(out, TILE_COLUMNS)
+    tiles = []
+    if whole:  # [group, tile, row quad, column, row in quad]
+        tiles.append(q[..., :whole * TILE_COLUMNS].reshape(groups, -1, 4, whole, TILE_COLUMNS)
+                     .permute(0, 3, 1, 4, 2).reshape(groups, -1))
+    if tail:
+        tiles.append(q[..., whole * TILE_COLUMNS:].permute(0, 1, 3, 2).reshape(groups, -1))
+    return torch.cat(tiles, 1).reshape(-1).contiguous()
+
+
+def from_tiles(tiles: Tensor, bits: int, group_size: int, in_features: int, out_features: int, a: int = 0,
+               b: int | None = None) -> Tensor:
+    """The tiles' codes for output rows a..b, as quantize() gives them ([b - a, in] int8, or packed int4
+    [b - a, in/2]). Reads only the tiles of those columns."""
+    b = out_features if b is None else b
+    groups, padded, lane_rows = in_features // group_size, padded_group(group_size), 4 if bits == 8 else 8
+    per_group = tiles.view(groups, -1)
+    tile = padded * TILE_COLUMNS * bits // 8  # bytes of a whole tile
+    whole = out_features // TILE_COLUMNS
+    first, last = a // TILE_COLUMNS, min(-(-b // TILE_COLUMNS), whole)
+    parts = []  # each [columns, group, row quad, row in quad]
+    if first < last:
+        parts.append(per_group[:, first * tile:last * tile].reshape(groups, last - first, padded // lane_rows,
+                                                                     TILE_COLUMNS, 4)
+                     .permute(1, 3, 0, 2, 4).reshape(-1, groups, padded // lane_rows, 4))
+    if b > whole * TILE_COLUMNS:
+        parts.append(per_group[:, whole * tile:].reshape(groups, padded // lane_rows, -1, 4).permute(2, 0, 1, 3))
+    start = min(first, whole) * TILE_COLUMNS
+    v = torch.cat(parts)[a - start:b - start]
+    if bits == 4:  # back to eight rows per lane: the low nibbles' four, then the high nibbles' four
+        v = torch.stack([v & 15, v >> 4], 3)
+    q = v.reshape(b - a, groups, padded)[:, :, :group_size].reshape(b - a, in_features).to(torch.int16)
+    if bits == 8:
+        return (q - 128).to(torch.int8)
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)
+
+
 def dequantize(codes: Tensor, scales: Tensor, bits: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """(codes, scales) of rows grouped along the last dimension → the weights [rows, k] in `dtype`.
     Works on any block of whole rows or whole groups (a tile of a matrix, gathered embedding rows)."""
@@ -132,18 +200,18 @@ def _input_major(t: Tensor) -> Tensor:
 
 
 class QuantizedLinear(nn.Module):
-    """A bias-free linear layer with int8 or int4 weights, in the GEMV layout (see the module doc).
+    """A bias-free linear layer with int8 or int4 weights, its codes in the tile layout (see the module doc).
 
-    `weight` holds the codes (an integer Parameter without gradient, so that code looking for a float
-    `weight` of the usual shape sees that this is not one); `weight_scales` the fp16 scales."""
+    `weight` holds the tiles (a flat uint8 Parameter without gradient, so that code looking for a float
+    `weight` of the usual shape sees that this is not one); `weight_scales` the fp16 scales. `codes()`
+    gives the codes as `quantize` does; so do `state_dict()` and the files."""
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int = GROUP_SIZE, device=None):
         super().__init__()
         check_shape(out_features, in_features, bits, group_size, "linear layer")
         self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
-        width = in_features if bits == 8 else in_features // 2
-        codes = torch.zeros(width, out_features, dtype=torch.int8 if bits == 8 else torch.uint8, device=device)
-        self.weight = nn.Parameter(codes.t(), requires_grad=False)
+        tiles = torch.zeros(tile_bytes(in_features, out_features, bits, group_size), dtype=torch.uint8, device=device)
+        self.weight = nn.Parameter(tiles, requires_grad=False)
         scales = torch.zeros(in_features // group_size, out_features, dtype=torch.float16, device=device)
         self.register_buffer("weight_scales", scales.t())
 
@@ -152,19 +220,40 @@ class QuantizedLinear(nn.Module):
         out_features, in_features = weight.shape
         layer = cls(in_features, out_features, bits, group_size, device="meta")
         codes, scales = quantize(weight.detach(), bits, group_size)
-        layer.weight = nn.Parameter(_input_major(codes), requires_grad=False)
+        layer.weight = nn.Parameter(to_tiles(codes, bits, group_size), requires_grad=False)
         layer.weight_scales = _input_major(scales)
         return layer
 
+    def codes(self, a: int = 0, b: int | None = None) -> Tensor:
+        """The codes of output rows a..b as `quantize` gives them."""
+        return from_tiles(self.weight, self.bits, self.group_size, self.in_features, self.out_features, a, b)
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        return dequantize(self.weight, self.weight_scales, self.bits, dtype)
+        return dequantize(self.codes(), self.weight_scales, self.bits, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        # a few rows (decoding, the head after the compiled step): the compiled product reads the codes in place
-        if (y := cpu_kernels.quantized_matmul(x, self.weight, self.weight_scales, self.bits, self.group_size)) is not None:
+        # a few rows (decoding, the head after the compiled step): the compiled product reads the tiles in place
+        if (y := cpu_kernels.quantized_matmul(x, self)) is not None:
             return y
-        return tiled_linear(x, self.out_features,
-                            lambda a, b, dtype: dequantize(self.weight[a:b], self.weight_scales[a:b], self.bits, dtype))
+        return tiled_linear(x, self.out_features, self.dequantize_rows)
+
+    def dequantize_rows(self, a: int, b: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Output rows a..b of the weight in `dtype` (the compiled kernel where it applies: ~4x torch's ops)."""
+        if (w := cpu_kernels.dequantize_rows(self, a, b, dtype)) is not None:
+            return w
+        return dequantize(self.codes(a, b), self.weight_scales[a:b], self.bits, dtype)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.codes()  # the format of quantize() and the files
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        codes = state_dict.get(prefix + "weight")  # (state_dict is load_state_dict's own copy)
+        width = self.in_features // (2 if self.bits == 4 else 1)
+        if codes is not None and codes.shape == (self.out_features, width) and \
+                codes.dtype == (torch.int8 if self.bits == 8 else torch.uint8):
+            state_dict[prefix + "weight"] = to_tiles(codes, self.bits, self.group_size)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}, " \
@@ -203,4 +292,5 @@ class QuantizedEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, int{self.bits}, group_size={self.group_size}"
 
 
-__all__ = ["GROUP_SIZE", "QuantizedLinear", "QuantizedEmbedding", "quantize", "dequantize", "pack_int4", "unpack_int4"]
+__all__ = ["GROUP_SIZE", "QuantizedLinear", "QuantizedEmbedding", "quantize", "dequantize", "pack_int4", "unpack_int4",
+           "to_tiles", "from_tiles"]

@@ -57,6 +57,20 @@ void group_norm(float* y, const float* weight, const float* bias, float eps, int
 
 inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
 inline float sigmoid(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+inline float squared_relu(float v) { return v > 0 ? v * v : 0.0f; }
+
+// y = a + d * coefficient, over one row of C values (a token-shift mix)
+inline void mix_rows(const float* a, const float* d, const float* coefficient, int64_t C, float* y) {
+    for (int64_t c = 0; c < C; ++c) y[c] = a[c] + d[c] * coefficient[c];
+}
+
+// The finish of a product that adds onto the residual stream x (see team_products)
+inline auto residual(float* x) {
+    return [x](int, int64_t e, float sum) {
+        x[e] += sum;
+        return sum;
+    };
+}
 
 // The sizes and buffers of one step, and where its state lives (see `visualrwkv_step`).
 struct Step {
@@ -126,29 +140,35 @@ void rwkv6_layer(const Step& s, int64_t l, Buffers6& m, const float** v) {
         widen_vectors(s, p, VECTORS_6, sizeof VECTORS_6 / sizeof *VECTORS_6, v);
         const float* ln0[2] = {as_floats(s.ln0[0], C, m.ffr.data()), as_floats(s.ln0[1], C, m.y.data())};
         shift_in(s, l, v[LN1_W], v[LN1_B], s.att_shift, s.new_att_shift, m.xa.data(), m.dx.data(), ln0[0], ln0[1]);
-        for (int64_t e = 0; e < BC; ++e) m.xxx[e] = m.xa[e] + m.dx[e] * v[MAA_X][e % C];
+        for (int64_t b = 0; b < B; ++b) mix_rows(m.xa.data() + b * C, m.dx.data() + b * C, v[MAA_X], C, m.xxx.data() + b * C);
     }
-    // ddlerp: five data-dependent mixes of the token and its predecessor, through a rank-R LoRA
-    team_matmul(m.xxx.data(), B, C, p[MAA_W1], C, 5 * R, m.lora.data(), part);
-#pragma omp single
-    for (auto& e : m.lora) e = std::tanh(e);
-    for (int k = 0; k < 5; ++k)
-        team_matmul(m.lora.data() + k * R, B, 5 * R, rows_from(p[MAA_W2], k * R, C), R, C, m.mix.data() + k * BC,
-                    part);
+    // ddlerp: five data-dependent mixes of the token and its predecessor, through a rank-R LoRA (tanh between)
+    team_matmul(m.xxx.data(), B, C, p[MAA_W1], C, 5 * R, m.lora.data(), part, [](int, int64_t, float e) { return std::tanh(e); });
+    const Tensor up[5] = {rows_from(p[MAA_W2], 0, C), rows_from(p[MAA_W2], R, C), rows_from(p[MAA_W2], 2 * R, C),
+                          rows_from(p[MAA_W2], 3 * R, C), rows_from(p[MAA_W2], 4 * R, C)};
+    float* mix = m.mix.data();
+    team_products({Product{m.lora.data(), 5 * R, &up[0], R, C, mix}, Product{m.lora.data() + R, 5 * R, &up[1], R, C, mix + BC},
+                   Product{m.lora.data() + 2 * R, 5 * R, &up[2], R, C, mix + 2 * BC},
+                   Product{m.lora.data() + 3 * R, 5 * R, &up[3], R, C, mix + 3 * BC},
+                   Product{m.lora.data() + 4 * R, 5 * R, &up[4], R, C, mix + 4 * BC}}, B, part);
 #pragma omp single
     {
         const float* maa[5] = {v[MAA_W], v[MAA_K], v[MAA_V], v[MAA_R], v[MAA_G]};
         for (int k = 0; k < 5; ++k)
-            for (int64_t e = 0; e < BC; ++e) m.xs[k * BC + e] = m.xa[e] + m.dx[e] * (maa[k][e % C] + m.mix[k * BC + e]);
+            for (int64_t b = 0; b < B; ++b) {
+                const float *xa = m.xa.data() + b * C, *dx = m.dx.data() + b * C, *mk = mix + k * BC + b * C;
+                float* xs = m.xs.data() + k * BC + b * C;
+                for (int64_t c = 0; c < C; ++c) xs[c] = xa[c] + dx[c] * (maa[k][c] + mk[c]);
+            }
     }
-    // slots of xs: 0 w, 1 k, 2 v, 3 r, 4 g; of rkvg: 0 r, 1 k, 2 v, 3 g
-    team_matmul(m.xs.data() + 3 * BC, B, C, p[W_R], C, C, m.rkvg.data(), part);
-    team_matmul(m.xs.data() + 1 * BC, B, C, p[W_K], C, C, m.rkvg.data() + BC, part);
-    team_matmul(m.xs.data() + 2 * BC, B, C, p[W_V], C, C, m.rkvg.data() + 2 * BC, part);
-    team_matmul(m.xs.data() + 4 * BC, B, C, p[W_G], C, C, m.rkvg.data() + 3 * BC, part);
-    team_matmul(m.xs.data(), B, C, p[DECAY_W1], C, D, m.dlo.data(), part);
-#pragma omp single
-    for (auto& e : m.dlo) e = std::tanh(e);
+    // slots of xs: 0 w, 1 k, 2 v, 3 r, 4 g; of rkvg: 0 r, 1 k, 2 v, 3 g. All five products read the mixes
+    // just made: one set (the decay LoRA's tanh as its finish)
+    const float* xs = m.xs.data();
+    float* rkvg = m.rkvg.data();
+    team_products({Product{xs + 3 * BC, C, &p[W_R], C, C, rkvg}, Product{xs + BC, C, &p[W_K], C, C, rkvg + BC},
+                   Product{xs + 2 * BC, C, &p[W_V], C, C, rkvg + 2 * BC}, Product{xs + 4 * BC, C, &p[W_G], C, C, rkvg + 3 * BC},
+                   Product{xs, C, &p[DECAY_W1], C, D, m.dlo.data()}}, B, part,
+                  [](int product, int64_t, float e) { return product == 4 ? std::tanh(e) : e; });
     team_matmul(m.dlo.data(), B, D, p[DECAY_W2], D, C, m.wdelta.data(), part);
 
     // WKV per (row, head): y = r·(S + u k v^T), S' = diag(exp(-exp(w))) S + k v^T; then GroupNorm and the gate
@@ -178,24 +198,23 @@ void rwkv6_layer(const Step& s, int64_t l, Buffers6& m, const float** v) {
         const float* g = m.rkvg.data() + 3 * BC + o;
         for (int64_t j = 0; j < N; ++j) yh[j] *= silu(g[j]);
     }
-    team_matmul(m.y.data(), B, C, p[W_O], C, C, m.out.data(), part);
+    team_matmul(m.y.data(), B, C, p[W_O], C, C, m.out.data(), part, residual(s.x));
 
 #pragma omp single
     {
-        for (int64_t e = 0; e < BC; ++e) s.x[e] += m.out[e];
         shift_in(s, l, v[LN2_W], v[LN2_B], s.ffn_shift, s.new_ffn_shift, m.xa.data(), m.dx.data(), nullptr, nullptr);
-        for (int64_t e = 0; e < BC; ++e) {
-            m.xs[e] = m.xa[e] + m.dx[e] * v[FFN_MAA_K][e % C];
-            m.xs[BC + e] = m.xa[e] + m.dx[e] * v[FFN_MAA_R][e % C];
+        for (int64_t b = 0; b < B; ++b) {
+            mix_rows(m.xa.data() + b * C, m.dx.data() + b * C, v[FFN_MAA_K], C, m.xs.data() + b * C);
+            mix_rows(m.xa.data() + b * C, m.dx.data() + b * C, v[FFN_MAA_R], C, m.xs.data() + BC + b * C);
         }
     }
-    team_matmul(m.xs.data(), B, C, p[FFN_W_K], C, F, m.ffk.data(), part);
-#pragma omp single
-    for (auto& e : m.ffk) e = e > 0 ? e * e : 0.0f;
-    team_matmul(m.ffk.data(), B, F, p[FFN_W_V], F, C, m.out.data(), part);
-    team_matmul(m.xs.data() + BC, B, C, p[FFN_W_R], C, C, m.ffr.data(), part);
-#pragma omp single
-    for (int64_t e = 0; e < BC; ++e) s.x[e] += sigmoid(m.ffr[e]) * m.out[e];
+    team_products({Product{xs, C, &p[FFN_W_K], C, F, m.ffk.data()}, Product{xs + BC, C, &p[FFN_W_R], C, C, m.ffr.data()}},
+                  B, part, [](int product, int64_t, float e) { return product == 0 ? squared_relu(e) : e; });
+    const float* ffr = m.ffr.data();
+    team_matmul(m.ffk.data(), B, F, p[FFN_W_V], F, C, m.out.data(), part, [&](int, int64_t e, float sum) {
+        s.x[e] += sigmoid(ffr[e]) * sum;
+        return sum;
+    });
 }
 
 // ---------------------------------------------------------------------------------------------- RWKV-7
@@ -215,26 +234,18 @@ constexpr int VECTORS_7[] = {L7_LN1_W, L7_LN1_B, L7_LN2_W, L7_LN2_B, X_R, X_W, X
 constexpr float DECAY_SCALE_7 = 0.60653065971263342f;  // exp(-0.5): log-decay = -e^-0.5 sigmoid(z)
 
 struct Buffers7 {
-    std::vector<float> xa, dx, mixes, rkv, v_first, lo, wdelta, adelta, vdelta, gate, y, out, ffk;
-    Buffers7(int64_t B, int64_t C, int64_t low_rank, int64_t F)
-        : xa(B * C), dx(B * C), mixes(6 * B * C), rkv(3 * B * C), v_first(B * C), lo(B * low_rank),
-          wdelta(B * C), adelta(B * C), vdelta(B * C), gate(B * C), y(B * C), out(B * C), ffk(B * F) {}
+    std::vector<float> xa, dx, mixes, rkv, v_first, lo_w, lo_a, lo_v, lo_g, wdelta, adelta, vdelta, gate, y, out, ffk;
+    Buffers7(int64_t B, int64_t C, const int64_t* sizes)
+        : xa(B * C), dx(B * C), mixes(6 * B * C), rkv(3 * B * C), v_first(B * C), lo_w(B * sizes[0]),
+          lo_a(B * sizes[1]), lo_v(B * sizes[2]), lo_g(B * sizes[3]), wdelta(B * C), adelta(B * C), vdelta(B * C),
+          gate(B * C), y(B * C), out(B * C), ffk(B * sizes[4]) {}
 };
-
-// (x @ down) @ up with an optional nonlinearity between: a LoRA of rank `rank`.
-template <typename Inner>
-void team_lora(const Step& s, const float* x, const Tensor& down, const Tensor& up, int64_t rank, float* y,
-               std::vector<float>& lo, Inner inner) {
-    team_matmul(x, s.B, s.C, down, s.C, rank, lo.data(), s.partial);
-#pragma omp single
-    for (int64_t e = 0; e < s.B * rank; ++e) lo[e] = inner(lo[e]);
-    team_matmul(lo.data(), s.B, rank, up, rank, s.C, y, s.partial);
-}
 
 // One RWKV-7 layer, by every thread of the step's parallel region. The WKV state is [value, key].
 void rwkv7_layer(const Step& s, int64_t l, Buffers7& m, const float** v) {
     const int64_t B = s.B, C = s.C, H = s.H, N = s.N, BC = B * C;
-    const int64_t D = s.sizes[0], A = s.sizes[1], V = s.sizes[2], G = s.sizes[3], F = s.sizes[4];
+    const int64_t D = s.sizes[0], A = s.sizes[1], G = s.sizes[3], F = s.sizes[4];
+    const int64_t V = l > 0 ? s.sizes[2] : 0;  // layer 0 has no value LoRA: its products are empty
     const Tensor* p = s.params + l * s.per_layer;
     float* part = s.partial;
     // slots of mixes: 0 r, 1 w, 2 k, 3 v, 4 a, 5 g; of rkv: 0 r, 1 k, 2 v
@@ -248,18 +259,21 @@ void rwkv7_layer(const Step& s, int64_t l, Buffers7& m, const float** v) {
                  ln0[1]);
         const float* coefficient[6] = {v[X_R], v[X_W], v[X_K], v[X_V], v[X_A], v[X_G]};
         for (int k = 0; k < 6; ++k)
-            for (int64_t e = 0; e < BC; ++e) mix[k][e] = m.xa[e] + m.dx[e] * coefficient[k][e % C];
+            for (int64_t b = 0; b < B; ++b)
+                mix_rows(m.xa.data() + b * C, m.dx.data() + b * C, coefficient[k], C, mix[k] + b * C);
     }
-    team_matmul(mix[0], B, C, p[L7_W_R], C, C, m.rkv.data(), part);
-    team_matmul(mix[2], B, C, p[L7_W_K], C, C, m.rkv.data() + BC, part);
-    team_matmul(mix[3], B, C, p[L7_W_V], C, C, m.rkv.data() + 2 * BC, part);
-    auto tanh_ = [](float e) { return std::tanh(e); };
-    auto none = [](float e) { return e; };
-    auto sigmoid_ = [](float e) { return sigmoid(e); };
-    team_lora(s, mix[1], p[W1], p[W2], D, m.wdelta.data(), m.lo, tanh_);
-    team_lora(s, mix[4], p[A1], p[A2], A, m.adelta.data(), m.lo, none);
-    if (l > 0) team_lora(s, mix[3], p[V1], p[V2], V, m.vdelta.data(), m.lo, none);
-    team_lora(s, mix[5], p[G1], p[G2], G, m.gate.data(), m.lo, sigmoid_);
+    // r, k, v and the first halves of the four LoRAs (w, a, v, g: x @ down, then tanh / - / - / sigmoid) all
+    // read the mixes just made: one set; then the LoRAs' second halves, another
+    float* rkv = m.rkv.data();
+    team_products({Product{mix[0], C, &p[L7_W_R], C, C, rkv}, Product{mix[2], C, &p[L7_W_K], C, C, rkv + BC},
+                   Product{mix[3], C, &p[L7_W_V], C, C, rkv + 2 * BC}, Product{mix[1], C, &p[W1], C, D, m.lo_w.data()},
+                   Product{mix[4], C, &p[A1], C, A, m.lo_a.data()}, Product{mix[3], C, &p[V1], C, V, m.lo_v.data()},
+                   Product{mix[5], C, &p[G1], C, G, m.lo_g.data()}}, B, part,
+                  [](int product, int64_t, float e) { return product == 3 ? std::tanh(e) : product == 6 ? sigmoid(e) : e; });
+    team_products({Product{m.lo_w.data(), D, &p[W2], D, C, m.wdelta.data()},
+                   Product{m.lo_a.data(), A, &p[A2], A, C, m.adelta.data()},
+                   Product{m.lo_v.data(), V, &p[V2], V, V > 0 ? C : 0, m.vdelta.data()},
+                   Product{m.lo_g.data(), G, &p[G2], G, C, m.gate.data()}}, B, part);
 
     // per (row, head): the value residual, the in-context rate, κ̂, the delta-rule update
     //   S' = S diag(w) + (S (-κ̂)) (κ̂ a)ᵀ + v kᵀ,  y = S' r,  then GroupNorm, the bonus (Σ r k r_k) v, the gate
@@ -312,21 +326,16 @@ void rwkv7_layer(const Step& s, int64_t l, Buffers7& m, const float** v) {
         const float* g = m.gate.data() + o;
         for (int64_t j = 0; j < N; ++j) yh[j] = (yh[j] + bonus * val[j]) * g[j];
     }
-    team_matmul(m.y.data(), B, C, p[L7_W_O], C, C, m.out.data(), part);
+    team_matmul(m.y.data(), B, C, p[L7_W_O], C, C, m.out.data(), part, residual(s.x));
 
 #pragma omp single
     {
-        for (int64_t e = 0; e < BC; ++e) s.x[e] += m.out[e];
         shift_in(s, l, v[L7_LN2_W], v[L7_LN2_B], s.ffn_shift, s.new_ffn_shift, m.xa.data(), m.dx.data(), nullptr,
                  nullptr);
-        for (int64_t e = 0; e < BC; ++e) mix[0][e] = m.xa[e] + m.dx[e] * v[FFN_X_K][e % C];
+        for (int64_t b = 0; b < B; ++b) mix_rows(m.xa.data() + b * C, m.dx.data() + b * C, v[FFN_X_K], C, mix[0] + b * C);
     }
-    team_matmul(mix[0], B, C, p[L7_FFN_W_K], C, F, m.ffk.data(), part);
-#pragma omp single
-    for (auto& e : m.ffk) e = e > 0 ? e * e : 0.0f;
-    team_matmul(m.ffk.data(), B, F, p[L7_FFN_W_V], F, C, m.out.data(), part);
-#pragma omp single
-    for (int64_t e = 0; e < BC; ++e) s.x[e] += m.out[e];
+    team_matmul(mix[0], B, C, p[L7_FFN_W_K], C, F, m.ffk.data(), part, [](int, int64_t, float e) { return squared_relu(e); });
+    team_matmul(m.ffk.data(), B, F, p[L7_FFN_W_V], F, C, m.out.data(), part, residual(s.x));
 }
 
 // ---------------------------------------------------------------------------------------------- the step
@@ -355,6 +364,19 @@ void visualrwkv_matmul(const float* x, int64_t rows, const Tensor* w, int64_t in
     rows_matmul(x, rows, *w, in, out, y, threads);
 }
 
+// Output columns [a, b) of an int8/int4 matrix `w` [in, out] dequantized into y [in, b - a] (fp32, or bf16
+// where `bf16_out`), on `threads` threads.
+void visualrwkv_dequantize(const Tensor* w, int64_t in, int64_t out, int64_t a, int64_t b, int bf16_out, void* y,
+                           int threads) {
+#pragma omp parallel num_threads(std::max(threads, 1))
+    {
+        if (w->kind == INT8 && bf16_out) team_dequantize<8>(*w, in, out, a, b, static_cast<bf16*>(y));
+        if (w->kind == INT8 && !bf16_out) team_dequantize<8>(*w, in, out, a, b, static_cast<float*>(y));
+        if (w->kind == INT4 && bf16_out) team_dequantize<4>(*w, in, out, a, b, static_cast<bf16*>(y));
+        if (w->kind == INT4 && !bf16_out) team_dequantize<4>(*w, in, out, a, b, static_cast<float*>(y));
+    }
+}
+
 // The same for a dense matrix, its dtype as a flag: `bf16_weights` 0 for fp32, 1 for bf16.
 void visualrwkv_rows_matmul(int bf16_weights, const float* x, int64_t rows, const void* w, int64_t in, int64_t out,
                             float* y, int threads) {
@@ -372,14 +394,16 @@ int visualrwkv_step(int version, int64_t L, int64_t B, int64_t C, int64_t H, int
     threads = std::max(threads, 1);
     Step s{L, B, C, H, N, sizes, params, version == 7 ? PARAMS_7 : PARAMS_6, ln0, ln_eps, gn_eps, x, att_shift, wkv,
            ffn_shift, new_att_shift, new_wkv, new_ffn_shift, nullptr, nullptr};
+    // `widest`: the most columns one set of products has (the partial rows hold that many per thread and row)
     if (version == 7) {
         if (N > 256) return -1;
-        const int64_t low_rank = std::max({sizes[0], sizes[1], sizes[2], sizes[3]});
-        Buffers7 buffers(B, C, low_rank, sizes[4]);
-        run_layers(s, buffers, threads, std::max({C, sizes[4], low_rank}), PARAMS_7, rwkv7_layer);
+        Buffers7 buffers(B, C, sizes);
+        const int64_t widest = std::max({3 * C + sizes[0] + sizes[1] + sizes[2] + sizes[3], 4 * C, sizes[4]});
+        run_layers(s, buffers, threads, widest, PARAMS_7, rwkv7_layer);
     } else {
         Buffers6 buffers(B, C, sizes[0], sizes[1], sizes[2]);
-        run_layers(s, buffers, threads, std::max({C, sizes[2], 5 * sizes[0], sizes[1]}), PARAMS_6, rwkv6_layer);
+        const int64_t widest = std::max({5 * sizes[0], 5 * C, 4 * C + sizes[1], sizes[2] + C});
+        run_layers(s, buffers, threads, widest, PARAMS_6, rwkv6_layer);
     }
     return 0;
 }
