@@ -195,7 +195,7 @@ inline int64_t padded_group(int64_t group) { return (group + 7) / 8 * 8; }
 // group, at their padded positions (the padding rows' digits are 0).
 struct Digits {
     int64_t G = 0, Gp = 0, per_group = 0, padded = 0;  // padded: the rows' padded count
-    std::vector<int8_t> main, fine;  // [rows, 4, padded], [rows, 2, padded]
+    std::vector<int8_t> digits;      // [rows, 6, padded]: d0..d3, then e0, e1
     std::vector<float> peak;         // [rows, blocks]; NaN where the block holds a NaN or an infinity
     std::vector<int32_t> sums;       // [rows, blocks, 6]: each digit's sum over the block
     std::vector<uint8_t> needs_fine;  // [rows, blocks]
@@ -209,8 +209,7 @@ void split_digits(const float* x, int64_t rows, int64_t ldx, int64_t groups, int
     d.per_group = (d.Gp + MAX_BLOCK_ROWS - 1) / MAX_BLOCK_ROWS;
     d.padded = groups * d.Gp;
     const int64_t blocks = groups * d.per_group;
-    d.main.assign(size_t(rows * 4 * d.padded), 0);
-    d.fine.assign(size_t(rows * 2 * d.padded), 0);
+    d.digits.assign(size_t(rows * 6 * d.padded), 0);
     d.peak.assign(size_t(rows * blocks), 0.0f);
     d.sums.assign(size_t(rows * blocks * 6), 0);
     d.needs_fine.assign(size_t(rows * blocks), 0);
@@ -228,22 +227,21 @@ void split_digits(const float* x, int64_t rows, int64_t ldx, int64_t groups, int
                 d.peak[block] = probe == 0 ? peak : NAN;  // (NaN != 0): all digits stay 0, the products NaN
                 if (peak == 0 || probe != 0) continue;
                 const double inverse = 1073741824.0 / peak;  // double: exact enough for 45 bits, a subnormal peak too
-                int8_t* main = d.main.data() + b * 4 * d.padded + at;
-                int8_t* fine = d.fine.data() + b * 2 * d.padded + at;
+                int8_t* digits = d.digits.data() + b * 6 * d.padded + at;
                 int32_t* sums = d.sums.data() + block * 6;
                 for (int64_t i = 0; i < n; ++i) {
                     const double t = v[i] * inverse, whole = std::nearbyint(t);
                     int32_t rest = int32_t(whole);  // |rest| <= 2^30: four balanced digits, the top one in [-65, 65]
                     for (int j = 0; j < 4; ++j) {
                         const int8_t digit = int8_t(uint8_t(rest & 255));
-                        main[j * d.padded + i] = digit;
+                        digits[j * d.padded + i] = digit;
                         sums[j] += digit;
                         rest = (rest - digit) / 256;
                     }
                     rest = int32_t(std::nearbyint((t - whole) * 32768));  // |rest| <= 2^14
                     for (int j = 0; j < 2; ++j) {
                         const int8_t digit = int8_t(uint8_t(rest & 255));
-                        fine[j * d.padded + i] = digit;
+                        digits[(4 + j) * d.padded + i] = digit;
                         sums[4 + j] += digit;
                         rest = (rest - digit) / 256;
                     }
@@ -312,62 +310,60 @@ struct Lanes {  // 8 lanes of 32 bits
 #define VISUALRWKV_LANES 1
 #endif
 
+// The weight of digit k (d0..d3, then e0, e1) in units of the block's peak.
+constexpr float digit_unit(int k) {
+    return k < 4 ? DIGIT_UNIT * float(1 << (8 * k)) : FINE_UNIT * float(1 << (8 * (k - 4)));
+}
+
 // One activation block against one tile's columns [c, c + V N) (V vectors of N lanes a pass: a 64-column
-// tile in one pass with 16 lanes, in four with 8): the ND digits' integer sums over the block's
-// R rows (from padded row r0), then dst[j] += scale[j] peak sum_d unit_d (sum_d - offset digit_sum_d).
+// tile in one pass with 16 lanes, in four with 8): the integer sums of its digits First..First+ND-1 over
+// the block's R rows (from padded row r0), then dst[j] += scale[j] peak sum_k unit_k (sum_k - offset
+// digit_sum_k). `digits` and `sums` are the block's (digit 0's).
 #ifdef VISUALRWKV_LANES
-template <int Bits, int ND>
+template <int Bits, int First, int ND>
 inline void tile_pass(const uint8_t* tile, int64_t c, int64_t r0, int64_t R, const int8_t* digits, int64_t stride,
-                      const int32_t* sums, float unit, float peak, const uint16_t* scale, float* __restrict dst) {
+                      const int32_t* sums, float peak, const uint16_t* scale, float* __restrict dst) {
+    digits += First * stride;
+    sums += First;
     using L = Lanes;
     constexpr int64_t V = L::V, N = L::N, row_bytes = 4 * TILE_COLUMNS;
     typename L::I acc[ND][V];
-    for (int d = 0; d < ND; ++d)
-        for (int v = 0; v < V; ++v) acc[d][v] = L::zero();
-    if (Bits == 8) {
-        for (int64_t q = r0 / 4; q < (r0 + R) / 4; ++q) {
-            const uint8_t* row = tile + q * row_bytes + 4 * c;
-            for (int64_t line = 0; line < 4 * V * N; line += 64) _mm_prefetch(reinterpret_cast<const char*>(row + PREFETCH_BYTES + line), _MM_HINT_T0);
-            typename L::I w[V];
-            for (int v = 0; v < V; ++v) w[v] = L::load(row + 4 * N * v);
-            for (int d = 0; d < ND; ++d) {
-                const typename L::I x = L::broadcast(digits + d * stride + 4 * q);
-                for (int v = 0; v < V; ++v) acc[d][v] = L::dot4(acc[d][v], w[v], x);
-            }
-        }
-    } else {
-        for (int64_t o = r0 / 8; o < (r0 + R) / 8; ++o) {
-            const uint8_t* row = tile + o * row_bytes + 4 * c;
-            for (int64_t line = 0; line < 4 * V * N; line += 64) _mm_prefetch(reinterpret_cast<const char*>(row + PREFETCH_BYTES + line), _MM_HINT_T0);
-            typename L::I low[V], high[V];
-            for (int v = 0; v < V; ++v) {
-                const typename L::I w = L::load(row + 4 * N * v);
-                low[v] = L::low_nibbles(w);
-                high[v] = L::high_nibbles(w);
-            }
-            for (int d = 0; d < ND; ++d) {
-                const typename L::I x0 = L::broadcast(digits + d * stride + 8 * o), x1 = L::broadcast(digits + d * stride + 8 * o + 4);
-                for (int v = 0; v < V; ++v) acc[d][v] = L::dot4(L::dot4(acc[d][v], low[v], x0), high[v], x1);
+    for (int k = 0; k < ND; ++k)
+        for (int v = 0; v < V; ++v) acc[k][v] = L::zero();
+    for (int64_t q = r0 / (Bits == 8 ? 4 : 8); q < (r0 + R) / (Bits == 8 ? 4 : 8); ++q) {
+        const uint8_t* row = tile + q * row_bytes + 4 * c;
+        for (int64_t line = 0; line < 4 * V * N; line += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(row + PREFETCH_BYTES + line), _MM_HINT_T0);
+        for (int v = 0; v < V; ++v) {
+            const typename L::I w = L::load(row + 4 * N * v);
+            if (Bits == 8) {
+                for (int k = 0; k < ND; ++k) acc[k][v] = L::dot4(acc[k][v], w, L::broadcast(digits + k * stride + 4 * q));
+            } else {  // an int4 row of lanes holds eight input rows: four in the low nibbles, four in the high
+                const typename L::I low = L::low_nibbles(w), high = L::high_nibbles(w);
+                for (int k = 0; k < ND; ++k)
+                    acc[k][v] = L::dot4(L::dot4(acc[k][v], low, L::broadcast(digits + k * stride + 8 * q)), high,
+                                        L::broadcast(digits + k * stride + 8 * q + 4));
             }
         }
     }
     const int32_t offset = Bits == 8 ? 128 : 8;
     const typename L::F pv = L::set(peak);
     for (int v = 0; v < V; ++v) {
-        typename L::F sum = L::mul(L::real(acc[0][v], offset * sums[0]), L::set(unit));
-        for (int d = 1; d < ND; ++d) sum = L::fmadd(L::real(acc[d][v], offset * sums[d]), L::set(unit * float(1 << (8 * d))), sum);
+        typename L::F sum = L::mul(L::real(acc[0][v], offset * sums[0]), L::set(digit_unit(First)));
+        for (int k = 1; k < ND; ++k)
+            sum = L::fmadd(L::real(acc[k][v], offset * sums[k]), L::set(digit_unit(First + k)), sum);
         float* out = dst + c + N * v;
         L::storef(out, L::fmadd(L::mul(L::halves(scale + c + N * v), pv), sum, L::loadf(out)));
     }
 }
 #endif
 
-// One activation block (R rows from padded row r0, ND digits `stride` apart) against the columns [0, n)
-// of one group's tiles (`tiles`: the group's first tile of the chunk; n a multiple of 64 but at the end).
-template <int Bits, int ND>
+// One activation block (R rows from padded row r0, its digits `stride` apart: First..First+ND-1 of them)
+// against the columns [0, n) of one group's tiles (`tiles`: the group's first tile of the chunk; n a
+// multiple of 64 but at the end).
+template <int Bits, int First, int ND>
 void block_product(const uint8_t* tiles, int64_t Gp, int64_t n, int64_t r0, int64_t R, const int8_t* digits,
-                   int64_t stride, const int32_t* sums, float unit, float peak, const uint16_t* scale,
-                   float* __restrict dst) {
+                   int64_t stride, const int32_t* sums, float peak, const uint16_t* scale, float* __restrict dst) {
     const int32_t offset = Bits == 8 ? 128 : 8;
     for (int64_t c0 = 0; c0 < n; c0 += TILE_COLUMNS) {
         const int64_t width = std::min(TILE_COLUMNS, n - c0);
@@ -376,14 +372,14 @@ void block_product(const uint8_t* tiles, int64_t Gp, int64_t n, int64_t r0, int6
 #ifdef VISUALRWKV_LANES
         if (width == TILE_COLUMNS)
             for (; c < width; c += Lanes::V * Lanes::N)
-                tile_pass<Bits, ND>(tile, c, r0, R, digits, stride, sums, unit, peak, scale + c0, dst + c0);
+                tile_pass<Bits, First, ND>(tile, c, r0, R, digits, stride, sums, peak, scale + c0, dst + c0);
 #endif
         for (; c < width; ++c) {
             float sum = 0;
-            for (int d = 0; d < ND; ++d) {
+            for (int k = First; k < First + ND; ++k) {
                 int32_t s = 0;
-                for (int64_t i = r0; i < r0 + R; ++i) s += tile_code<Bits>(tile, width, i, c) * digits[d * stride + i];
-                sum += float(s - offset * sums[d]) * (unit * float(1 << (8 * d)));
+                for (int64_t i = r0; i < r0 + R; ++i) s += tile_code<Bits>(tile, width, i, c) * digits[k * stride + i];
+                sum += float(s - offset * sums[k]) * digit_unit(k);
             }
             dst[c0 + c] += half_to_float(scale[c0 + c]) * peak * sum;
         }
@@ -417,11 +413,18 @@ void partial_quantized(const float* x, int64_t rows, int64_t ldx, const Tensor& 
                     const int64_t index = b * blocks + (g - g_first) * d.per_group + k;
                     const int32_t* sums = d.sums.data() + index * 6;
                     float* dst = mine + b * out + c0;
-                    block_product<Bits, 4>(tiles, Gp, n, r0, R, d.main.data() + b * 4 * d.padded + at, d.padded,
-                                           sums, DIGIT_UNIT, d.peak[index], scale, dst);
-                    if (d.needs_fine[index])
-                        block_product<Bits, 2>(tiles, Gp, n, r0, R, d.fine.data() + b * 2 * d.padded + at, d.padded,
-                                               sums + 4, FINE_UNIT, d.peak[index], scale, dst);
+                    const int8_t* digits = d.digits.data() + b * 6 * d.padded + at;
+                    const float peak = d.peak[index];
+                    // e0, e1 where the block needs them: int8 sums them in the same pass (codes loaded once, 2-5%
+                    // faster here), int4 in a second one (six digits' sums do not fit its registers, ~3% slower)
+                    if (!d.needs_fine[index]) {
+                        block_product<Bits, 0, 4>(tiles, Gp, n, r0, R, digits, d.padded, sums, peak, scale, dst);
+                    } else if (Bits == 8) {
+                        block_product<Bits, 0, 6>(tiles, Gp, n, r0, R, digits, d.padded, sums, peak, scale, dst);
+                    } else {
+                        block_product<Bits, 0, 4>(tiles, Gp, n, r0, R, digits, d.padded, sums, peak, scale, dst);
+                        block_product<Bits, 4, 2>(tiles, Gp, n, r0, R, digits, d.padded, sums, peak, scale, dst);
+                    }
                 }
             }
         }
