@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from visualrwkv.bench import lm
 from visualrwkv.bench.lm import copy_bandwidth, weight_bytes_per_token
 from visualrwkv.cli import main
 from visualrwkv.rwkv.model import RWKV, RWKVConfig
@@ -136,3 +137,10 @@ def test_llama_cpp_peer_is_the_same_model(tmp_path):
     assert accuracy["llama.cpp-Q8_0"]["mean_abs_diff"] > 0
     rows = {r["impl"]: r for r in results["rows"]}
     assert rows["visualrwkv-int8"]["peer"] == "llama.cpp-Q8_0" and rows["llama.cpp-Q8_0"]["decode_tok_s"] > 0
+
+
+def test_each_implementation_follows_the_copy_equally_often():
+    impls = dict.fromkeys(["a", "b", "c"])
+    rounds = [lm._rotated(impls, r) for r in range(6)]
+    assert all(sorted(order) == ["a", "b", "c"] for order in rounds)  # every one, every round
+    assert [order[0] for order in rounds] == ["a", "b", "c", "a", "b", "c"]

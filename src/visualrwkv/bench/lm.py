@@ -166,6 +166,14 @@ def _load_reference(path: Path, version: int = 6, log=print):
         package.RWKV(model=stem, strategy="cpu fp32", verbose=False)
 
 
+def _rotated(impls: dict, round_: int) -> list:
+    """The implementations in the order of round `round_`: each starts a round as often as the others, so the
+    one right after the copy (whose written lines the next reads must evict first) is not always the same."""
+    names = list(impls)
+    k = round_ % len(names)
+    return names[k:] + names[:k]
+
+
 def _greedy_step(step, state, tokens: list[int]):
     """One timed greedy step: (seconds, the new state, the next tokens), one row per token."""
     t0 = time.perf_counter()
@@ -222,7 +230,8 @@ def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_st
                  accuracy_steps: int = 64, log=print, notes: list | None = None,
                  accuracy_rows: list | None = None, version: int = 6) -> list[LMBenchRow]:
     """Every measurement alternates between the implementations (prefill repeat by repeat, decode
-    step by step), so a slow spell of the machine hits all of them alike and the ratios hold.
+    step by step, the order rotating each round), so a slow spell of the machine hits all of them alike
+    and the ratios hold.
     `dtypes`: our precisions (fp32 always); `bf16` adds bfloat16. `llama_cpp`: llama.cpp's counterparts,
     where it imports. `compile` adds the PyTorch step under torch.compile; it compiles during the
     warm-up steps. Accuracy rows go to `accuracy_rows`, notes (what was skipped and why) to `notes`."""
@@ -280,17 +289,17 @@ def bench_config(n_embd: int, n_layer: int, prompt_lengths: list[int], decode_st
             impls[name] = (lambda p=peer: (p.prefill(ids), None), lambda toks, st, p=peer: (p.step(toks[0]), None), None)
         states = {name: prefill()[1] for name, (prefill, _, _) in impls.items()}  # warm-up (TorchScript compiles)
         prefill_s = {name: [] for name in impls}
-        for _ in range(repeats):
-            for name, (prefill, _, _) in impls.items():
-                prefill_s[name].append(_median_time(prefill, repeats=1))
+        for r in range(repeats):
+            for name in _rotated(impls, r):
+                prefill_s[name].append(_median_time(impls[name][0], repeats=1))
         # the bound's denominator is measured between the decode steps, so it sees the same machine
         copy_once, copy_s = copy_timer(bandwidth_buffer), []
         decode_s = {name: [] for name in impls}
         cursor = {name: (states[name], [1]) for name in impls}  # each side's own greedy continuation
-        for _ in range(decode_steps + 2):  # the first 2 steps warm up
+        for r in range(decode_steps + 2):  # the first 2 steps warm up
             copy_s.append(copy_once())
-            for name, (_, step, _) in impls.items():
-                seconds, state, tokens = _greedy_step(step, *cursor[name])
+            for name in _rotated(impls, r):
+                seconds, state, tokens = _greedy_step(impls[name][1], *cursor[name])
                 cursor[name] = (state, tokens)
                 decode_s[name].append(seconds)
         bandwidth = 2 * bandwidth_buffer / statistics.median(copy_s[2:])
