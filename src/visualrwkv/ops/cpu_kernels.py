@@ -249,7 +249,7 @@ def _argument(owner, attribute: str, kind: str, shape: torch.Size) -> TensorArg 
     t = owner._parameters.get(attribute)
     if t is None or t.device.type != "cpu":
         return None
-    if kind == "linear":  # [out, in] values in [in, out] memory (the GEMV layout)
+    if kind == "linear":  # [out, in] values in [in, out] memory (the GEMV layout), or quantized tiles
         if hasattr(owner, "weight_scales"):  # a QuantizedLinear
             if (owner.out_features, owner.in_features) != tuple(shape):
                 return None
@@ -323,8 +323,8 @@ def forget_layers(model) -> None:
 
 def layer_pointers(model) -> ctypes.Array | None:
     """The kernel's view of every parameter the step reads (`TensorArg`s, layer by layer), or None if
-    one is not CPU memory of a kind and layout the step takes: linear layers fp32, bf16 or quantized in
-    the GEMV layout (`RWKV.use_gemv_layout`, ops/quant.py), every other parameter fp32 or bf16 and
+    one is not CPU memory of a kind and layout the step takes: linear layers fp32 or bf16 in the GEMV
+    layout (`RWKV.use_gemv_layout`) or quantized (their tiles, ops/quant.py), every other parameter fp32 or bf16 and
     contiguous. Kinds may differ from tensor to tensor."""
     blocks = tuple(model.blocks)
     cached = _pointers.get(model)

@@ -416,7 +416,8 @@ void partial_quantized(const float* x, int64_t rows, int64_t ldx, const Tensor& 
                     const int8_t* digits = d.digits.data() + b * 6 * d.padded + at;
                     const float peak = d.peak[index];
                     // e0, e1 where the block needs them: int8 sums them in the same pass (codes loaded once, 2-5%
-                    // faster here), int4 in a second one (six digits' sums do not fit its registers, ~3% slower)
+                    // faster here), int4 in a second one (in the same pass ~3% slower: six digits' sums with the
+                    // nibbles do not fit its registers; 32-column passes that fit them, no faster)
                     if (!d.needs_fine[index]) {
                         block_product<Bits, 0, 4>(tiles, Gp, n, r0, R, digits, d.padded, sums, peak, scale, dst);
                     } else if (Bits == 8) {
