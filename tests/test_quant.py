@@ -92,6 +92,8 @@ def test_tiles_hold_the_codes_and_give_any_block_of_rows_back(bits, group, group
     assert torch.equal(from_tiles(tiles, bits, group, group * groups, out, a, b), codes[a:b])
     for dtype in (torch.float32, torch.bfloat16):
         assert torch.equal(layer.dequantize_rows(a, b, dtype), dequantize(codes[a:b], scales[a:b], bits, dtype))
+    with pytest.raises(ValueError, match="not a block of this layer's"):
+        layer.dequantize_rows(a, out + 1)
 
 
 @pytest.mark.parametrize("bits", [8, 4])

@@ -219,8 +219,8 @@ def quantized_matmul(x: Tensor, layer) -> Tensor | None:
 def dequantize_rows(layer, a: int, b: int, dtype: torch.dtype) -> Tensor | None:
     """Output rows a..b of a `QuantizedLinear`'s weight as [b - a, in] fp32 or bf16 (input-major memory,
     as a GEMM takes it) by the compiled kernel: the values of `quant.dequantize`. None where it does not apply."""
-    if dtype not in (torch.float32, torch.bfloat16) or (arg := _quantized_argument(layer)) is None \
-            or (lib := library()) is None:
+    if dtype not in (torch.float32, torch.bfloat16) or not 0 <= a < b <= layer.out_features \
+            or (arg := _quantized_argument(layer)) is None or (lib := library()) is None:
         return None
     y = torch.empty(layer.in_features, b - a, dtype=dtype)
     lib.visualrwkv_dequantize(ctypes.byref(arg), layer.in_features, layer.out_features, a, b,

@@ -239,6 +239,8 @@ class QuantizedLinear(nn.Module):
 
     def dequantize_rows(self, a: int, b: int, dtype: torch.dtype = torch.float32) -> Tensor:
         """Output rows a..b of the weight in `dtype` (the compiled kernel where it applies: ~4x torch's ops)."""
+        if not 0 <= a < b <= self.out_features:
+            raise ValueError(f"rows {a}..{b} are not a block of this layer's {self.out_features} output rows")
         if (w := cpu_kernels.dequantize_rows(self, a, b, dtype)) is not None:
             return w
         return dequantize(self.codes(a, b), self.weight_scales[a:b], self.bits, dtype)
