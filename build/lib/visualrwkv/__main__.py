@@ -1,7 +1,0 @@
-"""`python -m visualrwkv ...` is `visualrwkv ...`."""
-
-import sys
-
-from visualrwkv.cli import main
-
-sys.exit(main())

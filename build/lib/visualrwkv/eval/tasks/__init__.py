@@ -1,1 +1,0 @@
-"""One module per benchmark: its file layout, reader, scorer glue and fixture writer (each exposes `TASK`)."""
