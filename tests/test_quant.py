@@ -186,6 +186,7 @@ def test_quantize_save_load_round_trip(lm_sd, dtype, tmp_path):
         assert torch.equal(model(x)[0], again(x)[0])
     as_float = load_rwkv(tmp_path / "q.safetensors", dtype="float32")  # dequantized on load
     assert as_float.head.weight.dtype == torch.float32
+    assert as_float.head.weight.t().is_contiguous()  # input-major, as the compiled decode step reads it
     assert torch.equal(as_float.head.weight, model.head.dequantize())
     other = "int4" if dtype == "int8" else "int8"
     with pytest.raises(ValueError, match="requantizing"):

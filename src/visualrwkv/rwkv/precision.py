@@ -66,18 +66,12 @@ def _replace(lm: nn.Module, name: str, module: nn.Module) -> None:
     setattr(lm.get_submodule(parent) if parent else lm, attribute, module)
 
 
-def _with_layout(values: Tensor, like: Tensor) -> Tensor:
-    """`values` with the memory order of `like` (input-major stays input-major)."""
-    if like.dim() == 2 and not like.is_contiguous() and like.t().is_contiguous():
-        return values.t().contiguous().t()
-    return values.contiguous()
-
-
 def _float_module(m: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A float linear layer or embedding with m's values in `dtype` (dequantized if m is quantized)."""
     if isinstance(m, QuantizedLinear):
         layer = Linear(m.in_features, m.out_features, device="meta")
-        layer.weight = nn.Parameter(_with_layout(m.dequantize(dtype), m.weight), requires_grad=False)
+        # input-major, as the compiled decode products read a float linear layer (see RWKV.use_gemv_layout)
+        layer.weight = nn.Parameter(m.dequantize(dtype).t().contiguous().t(), requires_grad=False)
         return layer
     if isinstance(m, QuantizedEmbedding):
         layer = nn.Embedding(m.num_embeddings, m.embedding_dim, device="meta")
