@@ -437,12 +437,13 @@ class VisualRWKV(nn.Module):
             with torch.device("meta"):  # quantized matrices, where the file holds codes and scales
                 precision.prepare_for_state_dict(skeleton.rwkv, strip_prefix(shapes, "rwkv."), str(weights))
             # the config's sizes checked against the file's before any memory is allocated
-            _load_strict(skeleton, shapes, f"{weights} (with {CONFIG_NAME})")
+            expected = {k: v.shape for k, v in skeleton.state_dict().items()}
+            _load_strict(skeleton, shapes, f"{weights} (with {CONFIG_NAME})", expected)
             model = cls(config)
             sd = read_state_dict(weights)
             lm_sd = strip_prefix(sd, "rwkv.")
             precision.prepare_for_state_dict(model.rwkv, lm_sd, str(weights))
-            _load_strict(model, sd, str(weights))
+            _load_strict(model, sd, str(weights), expected)
         else:
             from .official import import_official  # noqa: PLC0415 (it builds this module's classes)
 
@@ -477,13 +478,16 @@ def _with_adapters(model: VisualRWKV, adapter, state) -> VisualRWKV:
     return model
 
 
-def _load_strict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
-    own = model.state_dict()
+def _load_strict(model: nn.Module, sd: dict[str, Tensor], source: str, expected: dict | None = None) -> None:
+    """Load `sd` into `model`, or name every key that is missing, unexpected or of the wrong shape.
+    `expected`: the model's state-dict shapes where already known (from a meta skeleton: a quantized
+    model's state dict rebuilds every matrix's codes from its tiles)."""
+    own = expected if expected is not None else {k: v.shape for k, v in model.state_dict().items()}
     optional = {k for k in own if k.endswith("position_ids")}
     missing = sorted(set(own) - set(sd) - optional)
     unexpected = sorted(k for k in set(sd) - set(own) if not k.endswith("position_ids"))
-    wrong = [f"{k}: {tuple(sd[k].shape)} in file, expected {tuple(own[k].shape)}"
-             for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong = [f"{k}: {tuple(sd[k].shape)} in file, expected {tuple(own[k])}"
+             for k in own if k in sd and sd[k].shape != own[k]]
     if missing or unexpected or wrong:
         raise CheckpointError(f"{source} does not match the model: missing {missing[:8]}, "
                               f"unexpected {unexpected[:8]}, wrong shapes {wrong[:8]}")
